@@ -1,0 +1,13 @@
+// Package listener owns tapproxy's client-facing sockets: for each listen
+// address, N SO_REUSEPORT UDP sockets, each read by one fixed worker in
+// batches (recvmmsg) and written in batches (sendmmsg).
+//
+// Per datagram it records the kernel receive time (SO_TIMESTAMPNS, socket(7)),
+// the time the worker read it, the destination address (IP_PKTINFO, ip(7);
+// IPV6_RECVPKTINFO, RFC 3542 §6) so replies leave from the address the client
+// asked even on a wildcard bind, and the socket's kernel drop counter
+// (SO_RXQ_OVFL). Options the kernel refuses are reported, never ignored.
+//
+// It must never allocate or start a goroutine per packet, and never parse
+// more of a message than the header: what a query means is upstream's job.
+package listener
