@@ -1,0 +1,265 @@
+// Package server wires the stages of the data path (listener → upstream →
+// sink) for a configuration, runs them, and shuts them down in order. It
+// exists so that cmd/tapproxy stays a thin flag parser and tests can run a
+// whole proxy in-process.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/tapproxy/tapproxy/internal/txn"
+	"github.com/tapproxy/tapproxy/listener"
+	"github.com/tapproxy/tapproxy/upstream"
+)
+
+// Config is everything the serve command needs.
+type Config struct {
+	Listen    []netip.AddrPort
+	Upstreams []netip.AddrPort
+	// Workers is the number of SO_REUSEPORT sockets (and workers) per
+	// listen address.
+	Workers   int
+	ACL       *listener.ACL
+	ACLAction listener.ACLAction
+	// Client-socket options (buffers); PktInfo and ReusePort are set here.
+	Socket   listener.Options
+	Upstream upstream.Config
+	Sink     txn.Sink
+	Log      *slog.Logger
+	// Ready, when set, is called once every socket is bound.
+	Ready func(s *Server)
+	// DrainTimeout bounds how long shutdown waits for in-flight queries
+	// (default: the upstream timeout plus 500 ms).
+	DrainTimeout time.Duration
+}
+
+// ErrNoUpstream is returned when no upstream is configured: tapproxy never
+// falls back to the resolvers in /etc/resolv.conf.
+var ErrNoUpstream = errors.New("no upstream configured (use --upstream ADDR:PORT)")
+
+// ErrNoListen is returned when no listen address is configured.
+var ErrNoListen = errors.New("no listen address configured (use --listen ADDR:PORT)")
+
+type pair struct {
+	lw *listener.Worker
+	uw *upstream.Worker
+}
+
+// Server is a running proxy.
+type Server struct {
+	cfg   Config
+	pairs []pair
+	seq   txn.Seq
+}
+
+// New binds every socket. Errors name the address that failed.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if len(cfg.Upstreams) == 0 {
+		return nil, ErrNoUpstream
+	}
+	if len(cfg.Listen) == 0 {
+		return nil, ErrNoListen
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Sink == nil {
+		cfg.Sink = txn.Discard{}
+	}
+	s := &Server{cfg: cfg}
+	uc := cfg.Upstream
+	uc.Upstreams = cfg.Upstreams
+	uc.Sink, uc.Seq, uc.Log = cfg.Sink, &s.seq, cfg.Log
+	so := cfg.Socket
+	so.ReusePort, so.PktInfo = true, true
+	for _, addr := range cfg.Listen {
+		port := addr.Port()
+		for i := 0; i < cfg.Workers; i++ {
+			// With port 0 the first socket picks the port and the rest
+			// join it through SO_REUSEPORT.
+			c, err := listener.ListenUDP(ctx, netip.AddrPortFrom(addr.Addr(), port), so)
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			port = c.LocalAddr().Port()
+			for _, w := range c.Features().Warnings {
+				cfg.Log.Warn("kernel refused a socket option", "addr", c.LocalAddr(), "detail", w)
+			}
+			uw, err := upstream.NewWorker(ctx, uc, c)
+			if err != nil {
+				c.Close()
+				s.Close()
+				return nil, err
+			}
+			for _, u := range uw.Sockets() {
+				for _, w := range u.Features().Warnings {
+					cfg.Log.Warn("kernel refused a socket option", "upstream_socket", u.LocalAddr(), "detail", w)
+				}
+			}
+			lw := listener.NewWorker(c, listener.WorkerConfig{ACL: cfg.ACL, ACLAction: cfg.ACLAction,
+				Sink: cfg.Sink, Seq: &s.seq, Log: cfg.Log}, uw)
+			s.pairs = append(s.pairs, pair{lw: lw, uw: uw})
+		}
+	}
+	return s, nil
+}
+
+// Addrs returns the bound client-facing addresses, one per listen address
+// (the kernel-chosen port when 0 was asked).
+func (s *Server) Addrs() []netip.AddrPort {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	for _, p := range s.pairs {
+		a := p.lw.Conn().LocalAddr()
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Run serves until ctx is done, then stops reading, lets in-flight queries
+// finish or time out (bounded by DrainTimeout), and closes every socket.
+func (s *Server) Run(ctx context.Context) error {
+	upCtx, upCancel := context.WithCancel(context.Background())
+	defer upCancel()
+	var lwg sync.WaitGroup
+	errs := make(chan error, len(s.pairs))
+	for _, p := range s.pairs {
+		p.uw.Start(upCtx)
+		lwg.Add(1)
+		go func() {
+			defer lwg.Done()
+			if err := p.lw.Run(ctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	if s.cfg.Ready != nil {
+		s.cfg.Ready(s)
+	}
+	<-ctx.Done()
+	lwg.Wait()
+	drain := s.cfg.DrainTimeout
+	if drain <= 0 {
+		t := s.cfg.Upstream.Timeout
+		if t <= 0 {
+			t = upstream.DefaultTimeout
+		}
+		drain = t + 500*time.Millisecond
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), drain)
+	for _, p := range s.pairs {
+		p.uw.Drain(dctx)
+	}
+	dcancel()
+	upCancel()
+	for _, p := range s.pairs {
+		p.uw.Wait()
+	}
+	s.Close()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// Close closes every socket.
+func (s *Server) Close() {
+	for _, p := range s.pairs {
+		p.uw.Close()
+		p.lw.Conn().Close()
+	}
+}
+
+// Counters is a snapshot of every fate counter, summed over workers.
+type Counters struct {
+	Received, DroppedShort, DroppedQR, RefusedACL, DroppedACL      uint64
+	DroppedInflightFull, SendFailed, Forwarded, Malformed          uint64
+	Answered, TimedOut, ServfailSent, ReplyFailed                  uint64
+	RespReceived, RespMatched, RespShort, RespNotResponse          uint64
+	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
+	RespReadErrors, KernelDrops, InFlight                          uint64
+}
+
+// Counters sums the workers' counters.
+func (s *Server) Counters() Counters {
+	var c Counters
+	for _, p := range s.pairs {
+		l, u := p.lw.Stats(), p.uw.Stats()
+		c.Received += l.Received.Load()
+		c.DroppedShort += l.DroppedShort.Load()
+		c.DroppedQR += l.DroppedQR.Load()
+		c.RefusedACL += l.RefusedACL.Load()
+		c.DroppedACL += l.DroppedACL.Load()
+		c.DroppedInflightFull += u.DroppedFull.Load()
+		c.SendFailed += u.SendFailed.Load()
+		c.Forwarded += u.Forwarded.Load()
+		c.Malformed += u.Malformed.Load()
+		c.Answered += u.Answered.Load()
+		c.TimedOut += u.TimedOut.Load()
+		c.ServfailSent += u.ServfailSent.Load()
+		c.ReplyFailed += u.ReplyFailed.Load()
+		c.RespReceived += u.RespReceived.Load()
+		c.RespMatched += u.RespMatched.Load()
+		c.RespShort += u.RespShort.Load()
+		c.RespNotResponse += u.RespNotResponse.Load()
+		c.RespWrongSource += u.RespWrongSource.Load()
+		c.RespUnknownID += u.RespUnknownID.Load()
+		c.RespLate += u.RespLate.Load()
+		c.RespQuestionMismatch += u.RespQuestionMismatch.Load()
+		c.RespReadErrors += u.RespReadErrors.Load()
+		c.KernelDrops += uint64(p.lw.Conn().KernelDrops())
+		for _, uc := range p.uw.Sockets() {
+			c.KernelDrops += uint64(uc.KernelDrops())
+		}
+		c.InFlight += uint64(p.uw.InFlight())
+	}
+	return c
+}
+
+// Attrs renders the counters as slog attributes with the documented names.
+func (c Counters) Attrs() []any {
+	return []any{
+		"received", c.Received, "dropped_short", c.DroppedShort, "dropped_qr", c.DroppedQR,
+		"refused_acl", c.RefusedACL, "dropped_acl", c.DroppedACL,
+		"dropped_inflight_full", c.DroppedInflightFull, "send_failed", c.SendFailed,
+		"forwarded", c.Forwarded, "malformed", c.Malformed,
+		"answered", c.Answered, "timed_out", c.TimedOut, "servfail_sent", c.ServfailSent,
+		"reply_failed", c.ReplyFailed, "in_flight", c.InFlight,
+		"resp_received", c.RespReceived, "resp_matched", c.RespMatched, "resp_short", c.RespShort,
+		"resp_not_response", c.RespNotResponse, "resp_wrong_source", c.RespWrongSource,
+		"resp_unknown_id", c.RespUnknownID, "resp_late", c.RespLate,
+		"resp_question_mismatch", c.RespQuestionMismatch, "resp_read_errors", c.RespReadErrors,
+		"kernel_drops", c.KernelDrops,
+	}
+}
+
+// Check verifies the accounting invariants (every datagram in exactly one
+// fate). It returns nil when they hold; in flight queries count as pending.
+func (c Counters) Check() error {
+	var errs []error
+	if got := c.DroppedShort + c.DroppedQR + c.RefusedACL + c.DroppedACL + c.DroppedInflightFull + c.SendFailed + c.Forwarded; got != c.Received {
+		errs = append(errs, fmt.Errorf("received %d != sum of client fates %d", c.Received, got))
+	}
+	if got := c.Answered + c.TimedOut + c.ReplyFailed + c.InFlight; got != c.Forwarded {
+		errs = append(errs, fmt.Errorf("forwarded %d != answered+timed_out+reply_failed+in_flight %d", c.Forwarded, got))
+	}
+	if got := c.RespMatched + c.RespShort + c.RespNotResponse + c.RespWrongSource + c.RespUnknownID + c.RespLate + c.RespQuestionMismatch; got != c.RespReceived {
+		errs = append(errs, fmt.Errorf("resp_received %d != sum of response fates %d", c.RespReceived, got))
+	}
+	return errors.Join(errs...)
+}
