@@ -378,7 +378,7 @@ type Writer struct {
 
 // NewWriter returns a Writer for batches of up to n packets.
 func (c *Conn) NewWriter(n int) *Writer {
-	w := &Writer{c: c, hdrs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n),
+	w := &Writer{c: c, hdrs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, 2*n),
 		names: make([]unix.RawSockaddrInet6, n), oob: make([]byte, n*oobSize)}
 	w.fn = w.send
 	return w
@@ -407,11 +407,19 @@ func (w *Writer) Write(pkts []Packet) (failed int, err error) {
 	}
 	for i := range pkts {
 		p := &pkts[i]
-		w.iovs[i].Base = &p.Buf[0]
-		w.iovs[i].SetLen(p.N)
+		iov := w.iovs[2*i : 2*i+2]
+		niov := 0
+		if len(p.Head) > 0 {
+			iov[0].Base = &p.Head[0]
+			iov[0].SetLen(len(p.Head))
+			niov++
+		}
+		iov[niov].Base = &p.Buf[0]
+		iov[niov].SetLen(p.N)
+		niov++
 		h := &w.hdrs[i].Hdr
-		h.Iov = &w.iovs[i]
-		h.SetIovlen(1)
+		h.Iov = &iov[0]
+		h.SetIovlen(niov)
 		h.Name, h.Namelen = nil, 0
 		if p.Peer.IsValid() {
 			h.Namelen = putSockaddr(&w.names[i], p.Peer, w.c.v6)

@@ -28,6 +28,10 @@ type Packet struct {
 	KernelTime int64
 	// Truncated is set when the datagram did not fit Buf (MSG_TRUNC).
 	Truncated bool
+	// Head, when set on a packet to send, goes on the wire before
+	// Buf[:N] in the same datagram (a PROXY protocol v2 header), through
+	// a second iovec so the message is never copied.
+	Head []byte
 }
 
 // Data returns the datagram's bytes.

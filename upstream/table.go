@@ -18,10 +18,11 @@ const (
 )
 
 type slot struct {
-	state uint8
-	qok   bool   // the query's question parsed: answers must repeat it
-	sock  uint16 // index into Worker.socks
-	id    uint16 // upstream-leg ID
+	state   uint8
+	qok     bool   // the query's question parsed: answers must repeat it
+	retried bool   // already failed over once
+	sock    uint16 // index into Worker.socks
+	id      uint16 // upstream-leg ID
 
 	deadline int64
 	seq      uint64

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/dnswire"
@@ -20,9 +21,14 @@ import (
 
 // Config configures forwarding for one client socket's worker.
 type Config struct {
-	// Upstreams are the servers; the first is used (the upstream pool
-	// with health checks and policies builds on this).
+	// Upstreams are the servers, used when Pool is nil (a pool with the
+	// default policy, first-available, is built from them).
 	Upstreams []netip.AddrPort
+	// Pool is the shared upstream pool (selection policy and health).
+	Pool *Pool
+	// Loop, when set, holds every upstream socket's local address: a query
+	// from one of them is tapproxy talking to itself.
+	Loop *LoopGuard
 	// Timeout is how long a query waits for an acceptable answer.
 	Timeout time.Duration
 	// MaxInflight bounds this worker's in-flight table (< 65536).
@@ -49,19 +55,26 @@ const (
 
 // Stats counts what happens to forwarded queries and to every datagram read
 // on upstream sockets. For queries handed in: Forwarded + DroppedFull +
-// SendFailed; for forwarded ones: Answered + TimedOut + ReplyFailed +
+// SendFailed + ServfailAllDown + LoopDetected; for forwarded ones: Answered + TimedOut + ReplyFailed +
 // in flight. For upstream datagrams: RespReceived = RespMatched + RespShort +
 // RespNotResponse + RespWrongSource + RespUnknownID + RespLate +
 // RespQuestionMismatch.
 type Stats struct {
 	Forwarded    atomic.Uint64
-	Malformed    atomic.Uint64 // forwarded queries whose question did not parse
+	Malformed    atomic.Uint64 // forwarded queries whose question did not parse (a flag, not a fate)
 	DroppedFull  atomic.Uint64 // in-flight table full
 	SendFailed   atomic.Uint64
 	Answered     atomic.Uint64
 	TimedOut     atomic.Uint64
 	ServfailSent atomic.Uint64 // of TimedOut, those answered with SERVFAIL
 	ReplyFailed  atomic.Uint64
+	// Answered at once with SERVFAIL, nothing sent upstream.
+	ServfailAllDown atomic.Uint64
+	LoopDetected    atomic.Uint64
+	// Failovers: queries re-sent to another upstream after a fast failure
+	// (ICMP unreachable); RetriesDenied: those the retry budget refused.
+	Failovers     atomic.Uint64
+	RetriesDenied atomic.Uint64
 
 	RespReceived         atomic.Uint64
 	RespMatched          atomic.Uint64
@@ -71,18 +84,23 @@ type Stats struct {
 	RespUnknownID        atomic.Uint64
 	RespLate             atomic.Uint64
 	RespQuestionMismatch atomic.Uint64
-	// RespTruncated counts datagrams larger than the receive buffer
-	// (impossible for UDP/IP, kept so such a fate is never silent); they
-	// are counted as RespShort too.
+	// RespShort includes datagrams larger than the receive buffer
+	// (impossible for UDP/IP; kept so such a fate is never silent).
 	RespReadErrors atomic.Uint64 // socket errors (ICMP unreachable → ECONNREFUSED)
 }
 
 type usock struct {
 	conn     *listener.Conn
+	up       *Upstream
 	upstream netip.AddrPort
 	local    netip.AddrPort
 	w        *listener.Writer // used by the client-socket worker goroutine only
 	out      []listener.Packet
+	// heads holds PROXY v2 headers for one outgoing batch.
+	heads []byte
+	// fw and fout carry failover re-sends; guarded by Worker.mu.
+	fw   *listener.Writer
+	fout []listener.Packet
 }
 
 // Worker forwards the queries of one client socket. HandleQueries runs on
@@ -93,13 +111,27 @@ type Worker struct {
 	cfg    Config
 	client *listener.Conn
 	socks  []*usock
+	// ranges[u] is the [start, end) of upstream u's sockets in socks.
+	ranges [][2]int
+
+	// Immediate SERVFAIL answers (all down, loop) built on the
+	// client-socket worker goroutine.
+	imm    *listener.Batch
+	immW   *listener.Writer
+	immIdx []int
+	immWhy []txn.Outcome
+	immQ   dnswire.Question
+	// retryTokens is the failover budget in thousandths of a retry: each
+	// forwarded query earns 100 (retries ≤ 10 % of traffic), capped at
+	// maxRetryTokens (a burst of 100). Guarded by mu.
+	retryTokens int
+	foBatch     *listener.Batch
 
 	mu  sync.Mutex
 	tab *table
 
 	rnd    [512]byte
 	rndPos int
-	q      dnswire.Question
 	failed []int32
 	tx     txn.Transaction
 
@@ -133,16 +165,36 @@ func NewWorker(ctx context.Context, cfg Config, client *listener.Conn) (*Worker,
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	w := &Worker{cfg: cfg, client: client, rndPos: 512, failed: make([]int32, 0, listener.BatchSize)}
-	up := cfg.Upstreams[0]
-	for i := 0; i < cfg.SocketsPerUpstream; i++ {
-		c, err := listener.DialUDP(ctx, up, cfg.Socket)
-		if err != nil {
-			w.Close()
+	if cfg.Pool == nil {
+		specs := make([]Spec, len(cfg.Upstreams))
+		for i, a := range cfg.Upstreams {
+			specs[i] = Spec{Addr: a, Weight: 1}
+		}
+		var err error
+		if cfg.Pool, err = NewPool(specs, FirstAvailable, HealthConfig{}, cfg.Log); err != nil {
 			return nil, err
 		}
-		w.socks = append(w.socks, &usock{conn: c, upstream: up, local: c.LocalAddr(),
-			w: c.NewWriter(listener.BatchSize), out: make([]listener.Packet, 0, listener.BatchSize)})
+	}
+	w := &Worker{cfg: cfg, client: client, rndPos: 512, failed: make([]int32, 0, listener.BatchSize),
+		imm: listener.NewBatch(listener.BatchSize, slotQueryCap), immW: client.NewWriter(listener.BatchSize),
+		immIdx: make([]int, 0, listener.BatchSize), immWhy: make([]txn.Outcome, 0, listener.BatchSize),
+		retryTokens: maxRetryTokens}
+	for _, u := range cfg.Pool.Upstreams() {
+		start := len(w.socks)
+		for i := 0; i < cfg.SocketsPerUpstream; i++ {
+			c, err := listener.DialUDP(ctx, u.Addr, cfg.Socket)
+			if err != nil {
+				w.Close()
+				return nil, err
+			}
+			us := &usock{conn: c, up: u, upstream: u.Addr, local: c.LocalAddr(),
+				w: c.NewWriter(listener.BatchSize), out: make([]listener.Packet, 0, listener.BatchSize)}
+			if u.ProxyV2 {
+				us.heads = make([]byte, listener.BatchSize*MaxProxyV2Header)
+			}
+			w.socks = append(w.socks, us)
+		}
+		w.ranges = append(w.ranges, [2]int{start, len(w.socks)})
 	}
 	w.tab = newTable(cfg.MaxInflight, len(w.socks))
 	return w, nil
@@ -214,18 +266,30 @@ func (w *Worker) rand16() uint16 {
 	return v
 }
 
-// HandleQueries implements listener.QueryHandler: each query gets a slot, a
-// random socket and a fresh ID unique on that socket, and is sent upstream.
-// The query's ID is rewritten in place in the client's receive buffer; the
-// slot keeps the original bytes.
+// maxRetryTokens caps the failover budget (100 retries' worth).
+const maxRetryTokens = 100_000
+
+// HandleQueries implements listener.QueryHandler: each query gets a slot,
+// an upstream chosen by the pool's policy, a random socket of that upstream
+// and a fresh ID unique on that socket, and is sent upstream. The query's ID
+// is rewritten in place in the client's receive buffer; the slot keeps the
+// original bytes.
 func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 	for _, s := range w.socks {
 		s.out = s.out[:0]
 	}
+	w.immIdx, w.immWhy = w.immIdx[:0], w.immWhy[:0]
 	now := time.Now().UnixNano()
 	deadline := now + int64(w.cfg.Timeout)
 	w.mu.Lock()
-	for _, p := range pkts {
+	for k, p := range pkts {
+		if w.cfg.Loop != nil && w.cfg.Loop.Has(p.Peer) {
+			// Our own upstream socket asked us: forwarding would loop
+			// until the in-flight tables fill. Answer SERVFAIL once.
+			w.stats.LoopDetected.Add(1)
+			w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailLoop)
+			continue
+		}
 		i := w.tab.alloc()
 		if i < 0 {
 			w.stats.DroppedFull.Add(1)
@@ -234,6 +298,17 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 		sl := &w.tab.slots[i]
 		data := p.Data()
 		sl.qok = dnswire.ParseQuestion(data, &sl.q) == nil
+		var qname []byte
+		if sl.qok {
+			qname = sl.q.NameBytes()
+		}
+		u, err := w.cfg.Pool.Pick(qname)
+		if err != nil {
+			w.tab.release(i)
+			w.stats.ServfailAllDown.Add(1)
+			w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailAllDown)
+			continue
+		}
 		if !sl.qok {
 			w.stats.Malformed.Add(1)
 		}
@@ -242,20 +317,11 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 		} else {
 			sl.query = append([]byte(nil), data...)
 		}
-		si := 0
-		if len(w.socks) > 1 {
-			si = int(w.rand16()) % len(w.socks)
-		}
-		id := w.rand16()
-		for tries := 0; !w.tab.idFree(si, id); tries++ {
-			if tries < 8 {
-				id = w.rand16()
-			} else {
-				id++ // the table is far smaller than the ID space
-			}
-		}
+		si := w.pickSocket(u.index)
+		id := w.freeID(si)
 		w.tab.bind(i, si, id)
 		s := w.socks[si]
+		sl.retried = false
 		sl.seq = w.cfg.Seq.Next()
 		sl.deadline = deadline
 		sl.client = p.Peer
@@ -263,11 +329,19 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 		sl.ifindex = p.IfIndex
 		sl.kernelT, sl.readT, sl.sentT = p.KernelTime, readTime, now
 		sl.upLocal = s.local
+		u.InFlight.Add(1)
+		u.Queries.Add(1)
+		w.retryTokens = min(w.retryTokens+100, maxRetryTokens)
 		dnswire.SetID(data, id)
-		s.out = append(s.out, listener.Packet{Buf: p.Buf, N: p.N})
+		out := listener.Packet{Buf: p.Buf, N: p.N}
+		if s.heads != nil {
+			n := len(s.out)
+			out.Head = AppendProxyV2(s.heads[n*MaxProxyV2Header:n*MaxProxyV2Header], sl.client, sl.local, false)
+		}
 		// Remember which slot this outgoing packet belongs to through
 		// its IfIndex field, unused on connected sockets.
-		s.out[len(s.out)-1].IfIndex = uint32(i)
+		out.IfIndex = uint32(i)
+		s.out = append(s.out, out)
 	}
 	w.mu.Unlock()
 
@@ -287,6 +361,62 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 	if len(w.failed) > 0 {
 		w.failSends()
 	}
+	if len(w.immIdx) > 0 {
+		w.answerNow(pkts, readTime)
+	}
+}
+
+// pickSocket returns a random socket of upstream u. Called with mu held.
+func (w *Worker) pickSocket(u int) int {
+	r := w.ranges[u]
+	if n := r[1] - r[0]; n > 1 {
+		return r[0] + int(w.rand16())%n
+	}
+	return r[0]
+}
+
+// freeID returns a random ID not in flight on socket si. Called with mu
+// held.
+func (w *Worker) freeID(si int) uint16 {
+	id := w.rand16()
+	for tries := 0; !w.tab.idFree(si, id); tries++ {
+		if tries < 8 {
+			id = w.rand16()
+		} else {
+			id++ // the table is far smaller than the ID space
+		}
+	}
+	return id
+}
+
+// answerNow sends SERVFAIL for the queries collected in immIdx and
+// accounts for them. The ID in pkts is still the client's (nothing was
+// rewritten for these).
+func (w *Worker) answerNow(pkts []*listener.Packet, readTime int64) {
+	for k, pi := range w.immIdx {
+		p := pkts[pi]
+		r := &w.imm.Pkts[k]
+		var qp *dnswire.Question
+		if dnswire.ParseQuestion(p.Data(), &w.immQ) == nil && w.immQ.End <= len(r.Buf) {
+			qp = &w.immQ
+		}
+		b := dnswire.AppendErrorReply(r.Buf[:0], p.Data(), qp, dnswire.RcodeServFail)
+		r.N, r.Peer, r.Local, r.IfIndex = len(b), p.Peer, p.Local, p.IfIndex
+	}
+	m := len(w.immIdx)
+	_, _ = w.immW.Write(w.imm.Pkts[:m])
+	sent := time.Now().UnixNano()
+	for k, pi := range w.immIdx {
+		p := pkts[pi]
+		r := &w.imm.Pkts[k]
+		w.tx = txn.Transaction{Seq: w.cfg.Seq.Next(), Transport: txn.UDP, Outcome: w.immWhy[k],
+			Client: p.Peer, Local: listener.LocalAddrPort(w.client, p), Query: p.Data(),
+			QueryKernel: p.KernelTime, QueryRead: readTime}
+		if r.N > 0 {
+			w.tx.Response, w.tx.ReplySent = r.Buf[:r.N], sent
+		}
+		w.cfg.Sink.Submit(&w.tx)
+	}
 }
 
 // failSends accounts for queries the upstream socket refused to send.
@@ -305,6 +435,9 @@ func (w *Worker) failSends() {
 	w.mu.Unlock()
 	for _, i := range w.failed {
 		sl := &w.tab.slots[i]
+		u := w.socks[sl.sock].up
+		u.InFlight.Add(-1)
+		w.cfg.Pool.Failure(u, false)
 		w.stats.SendFailed.Add(1)
 		w.fillTx(sl, txn.SendFailed)
 		w.tx.UpstreamSent = 0
@@ -366,6 +499,11 @@ func (w *Worker) readLoop(ctx context.Context, si int) {
 			// ECONNREFUSED from an ICMP port unreachable, and other
 			// transient errors: counted, logged at a limited rate.
 			w.stats.RespReadErrors.Add(1)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				w.cfg.Pool.Failure(s.up, false)
+				w.failover(si)
+				continue
+			}
 			if time.Since(lastErr) > 5*time.Second {
 				w.cfg.Log.Warn("reading upstream socket", "upstream", s.upstream, "local", s.local, "err", err)
 				lastErr = time.Now()
@@ -402,6 +540,12 @@ func (w *Worker) readLoop(ctx context.Context, si int) {
 		sent := time.Now().UnixNano()
 		for k, i := range matched {
 			sl := &w.tab.slots[i]
+			s.up.InFlight.Add(-1)
+			rtt := kts[k] - sl.sentT
+			if kts[k] == 0 {
+				rtt = readT - sl.sentT
+			}
+			w.cfg.Pool.Success(s.up, time.Duration(rtt))
 			o := txn.Answered
 			if replies[k].N < 0 {
 				o = txn.ReplyFailed
@@ -538,6 +682,9 @@ func (w *Worker) expire(chunk []int32, cw *listener.Writer, out *listener.Batch,
 	sent := time.Now().UnixNano()
 	for k, i := range chunk {
 		sl := &w.tab.slots[i]
+		u := w.socks[sl.sock].up
+		u.InFlight.Add(-1)
+		w.cfg.Pool.Failure(u, true)
 		w.stats.TimedOut.Add(1)
 		fillTx(tx, sl, w.socks[sl.sock].upstream, txn.TimedOut)
 		if w.cfg.ServfailOnTimeout && out.Pkts[k].N > 0 {

@@ -40,6 +40,11 @@ type serveFlags struct {
 	servfail                 bool
 	rcvbuf, sndbuf           int
 	logLevel                 string
+	policy, allDown          string
+	failThreshold, rise      int
+	probeInterval            time.Duration
+	probeAlways              bool
+	probeName                string
 }
 
 func parseAddrPorts(what string, list []string) ([]netip.AddrPort, error) {
@@ -59,7 +64,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("tapproxy serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var(&f.listen, "listen", "client-facing `ADDR:PORT` (repeatable; IPv4 or [IPv6]:port)")
-	fs.Var(&f.upstreams, "upstream", "upstream DNS server `ADDR:PORT` (repeatable; required)")
+	fs.Var(&f.upstreams, "upstream", "upstream DNS server `ADDR:PORT[;weight=N][;proxy-v2]` (repeatable, in order; required)")
+	fs.StringVar(&f.policy, "policy", "first-available", "upstream policy: first-available, round-robin, least-outstanding or consistent-hash")
+	fs.IntVar(&f.failThreshold, "health-fails", upstream.DefaultFailThreshold, "consecutive timeouts/errors that mark an upstream down")
+	fs.IntVar(&f.rise, "health-rise", upstream.DefaultRiseThreshold, "consecutive good probes that bring a down upstream back")
+	fs.DurationVar(&f.probeInterval, "probe-interval", upstream.DefaultProbeInterval, "active probe interval for down upstreams")
+	fs.BoolVar(&f.probeAlways, "probe-always", false, "probe every upstream every interval, not only down ones")
+	fs.StringVar(&f.probeName, "probe-name", ".", "probe question name (type NS)")
+	fs.StringVar(&f.allDown, "all-down", "least-bad", "when every upstream is down: least-bad (keep trying the one that failed longest ago) or servfail (answer SERVFAIL at once)")
 	fs.Var(&f.allow, "allow", "client ACL `CIDR` list (repeatable; \"any\" allows all); default: loopback, RFC 1918, RFC 6598, link-local, ULA")
 	fs.StringVar(&f.aclAction, "acl-action", "refuse", "for clients outside the ACL: refuse (REFUSED, never larger than the query) or drop")
 	fs.IntVar(&f.workers, "workers", runtime.NumCPU(), "UDP sockets (SO_REUSEPORT) and workers per listen address")
@@ -95,6 +107,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		log.Error("start-up failed", "err", err)
+		if errors.Is(err, server.ErrLoop) {
+			return 2 // a configuration error, not a runtime one
+		}
 		return 1
 	}
 	runErr := srv.Run(ctx)
@@ -118,9 +133,26 @@ func (f *serveFlags) config(log *slog.Logger) (server.Config, error) {
 	if cfg.Listen, err = parseAddrPorts("listen", f.listen); err != nil {
 		return cfg, err
 	}
-	if cfg.Upstreams, err = parseAddrPorts("upstream", f.upstreams); err != nil {
+	for _, u := range f.upstreams {
+		sp, err := upstream.ParseSpec(u)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.UpstreamSpecs = append(cfg.UpstreamSpecs, sp)
+		cfg.Upstreams = append(cfg.Upstreams, sp.Addr)
+	}
+	if cfg.Policy, err = upstream.ParsePolicy(f.policy); err != nil {
 		return cfg, err
 	}
+	allDown, err := upstream.ParseAllDown(f.allDown)
+	if err != nil {
+		return cfg, err
+	}
+	if f.failThreshold < 1 || f.rise < 1 || f.probeInterval <= 0 {
+		return cfg, fmt.Errorf("--health-fails, --health-rise and --probe-interval must be positive")
+	}
+	cfg.Health = upstream.HealthConfig{FailThreshold: f.failThreshold, RiseThreshold: f.rise,
+		ProbeInterval: f.probeInterval, ProbeAlways: f.probeAlways, ProbeName: f.probeName, AllDown: allDown}
 	allow := []string(f.allow)
 	if len(allow) == 0 {
 		allow = listener.DefaultAllow

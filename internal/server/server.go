@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -20,8 +21,13 @@ import (
 
 // Config is everything the serve command needs.
 type Config struct {
-	Listen    []netip.AddrPort
-	Upstreams []netip.AddrPort
+	Listen []netip.AddrPort
+	// Upstreams lists the servers in order. UpstreamSpecs, when set,
+	// replaces it with weights and per-upstream options.
+	Upstreams     []netip.AddrPort
+	UpstreamSpecs []upstream.Spec
+	Policy        upstream.Policy
+	Health        upstream.HealthConfig
 	// Workers is the number of SO_REUSEPORT sockets (and workers) per
 	// listen address.
 	Workers   int
@@ -56,11 +62,55 @@ type Server struct {
 	cfg   Config
 	pairs []pair
 	seq   txn.Seq
+	pool  *upstream.Pool
+}
+
+// ErrLoop is returned when an upstream is one of tapproxy's own listen
+// addresses: every query would come back to us.
+var ErrLoop = errors.New("forwarding loop")
+
+// checkLoop refuses upstreams that are our own listen address, including a
+// wildcard listen on the same port when the upstream is a local address.
+func checkLoop(listen []netip.AddrPort, specs []upstream.Spec) error {
+	var local map[netip.Addr]bool
+	for _, sp := range specs {
+		for _, l := range listen {
+			if sp.Addr.Port() != l.Port() {
+				continue
+			}
+			if sp.Addr.Addr() == l.Addr() {
+				return fmt.Errorf("%w: upstream %s is a listen address", ErrLoop, sp.Addr)
+			}
+			if l.Addr().IsUnspecified() && l.Addr().Is4() == sp.Addr.Addr().Is4() {
+				if local == nil {
+					local = localAddrs()
+				}
+				if sp.Addr.Addr().IsLoopback() || local[sp.Addr.Addr()] {
+					return fmt.Errorf("%w: upstream %s is this host on the port tapproxy listens on (%s)", ErrLoop, sp.Addr, l)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func localAddrs() map[netip.Addr]bool {
+	m := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return m
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			m[p.Addr().Unmap()] = true
+		}
+	}
+	return m
 }
 
 // New binds every socket. Errors name the address that failed.
 func New(ctx context.Context, cfg Config) (*Server, error) {
-	if len(cfg.Upstreams) == 0 {
+	if len(cfg.Upstreams) == 0 && len(cfg.UpstreamSpecs) == 0 {
 		return nil, ErrNoUpstream
 	}
 	if len(cfg.Listen) == 0 {
@@ -75,9 +125,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Sink == nil {
 		cfg.Sink = txn.Discard{}
 	}
-	s := &Server{cfg: cfg}
+	specs := cfg.UpstreamSpecs
+	if len(specs) == 0 {
+		for _, a := range cfg.Upstreams {
+			specs = append(specs, upstream.Spec{Addr: a, Weight: 1})
+		}
+	}
+	if len(cfg.Upstreams) == 0 {
+		for _, sp := range specs {
+			cfg.Upstreams = append(cfg.Upstreams, sp.Addr)
+		}
+	}
+	if err := checkLoop(cfg.Listen, specs); err != nil {
+		return nil, err
+	}
+	pool, err := upstream.NewPool(specs, cfg.Policy, cfg.Health, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, pool: pool}
 	uc := cfg.Upstream
-	uc.Upstreams = cfg.Upstreams
+	uc.Upstreams, uc.Pool = cfg.Upstreams, pool
 	uc.Sink, uc.Seq, uc.Log = cfg.Sink, &s.seq, cfg.Log
 	so := cfg.Socket
 	so.ReusePort, so.PktInfo = true, true
@@ -111,6 +179,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			s.pairs = append(s.pairs, pair{lw: lw, uw: uw})
 		}
 	}
+	var uws []*upstream.Worker
+	for _, p := range s.pairs {
+		uws = append(uws, p.uw)
+	}
+	guard := upstream.NewLoopGuard(uws)
+	for _, p := range s.pairs {
+		p.uw.SetLoopGuard(guard)
+	}
 	return s, nil
 }
 
@@ -134,6 +210,8 @@ func (s *Server) Addrs() []netip.AddrPort {
 func (s *Server) Run(ctx context.Context) error {
 	upCtx, upCancel := context.WithCancel(context.Background())
 	defer upCancel()
+	probesDone := make(chan struct{})
+	go func() { defer close(probesDone); s.pool.RunProbes(upCtx) }()
 	var lwg sync.WaitGroup
 	errs := make(chan error, len(s.pairs))
 	for _, p := range s.pairs {
@@ -168,6 +246,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, p := range s.pairs {
 		p.uw.Wait()
 	}
+	<-probesDone
 	s.Close()
 	close(errs)
 	var all []error
@@ -189,6 +268,7 @@ func (s *Server) Close() {
 type Counters struct {
 	Received, DroppedShort, DroppedQR, RefusedACL, DroppedACL      uint64
 	DroppedInflightFull, SendFailed, Forwarded, Malformed          uint64
+	ServfailAllDown, LoopDetected, Failovers, RetriesDenied        uint64
 	Answered, TimedOut, ServfailSent, ReplyFailed                  uint64
 	RespReceived, RespMatched, RespShort, RespNotResponse          uint64
 	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
@@ -209,6 +289,10 @@ func (s *Server) Counters() Counters {
 		c.SendFailed += u.SendFailed.Load()
 		c.Forwarded += u.Forwarded.Load()
 		c.Malformed += u.Malformed.Load()
+		c.ServfailAllDown += u.ServfailAllDown.Load()
+		c.LoopDetected += u.LoopDetected.Load()
+		c.Failovers += u.Failovers.Load()
+		c.RetriesDenied += u.RetriesDenied.Load()
 		c.Answered += u.Answered.Load()
 		c.TimedOut += u.TimedOut.Load()
 		c.ServfailSent += u.ServfailSent.Load()
@@ -238,6 +322,8 @@ func (c Counters) Attrs() []any {
 		"refused_acl", c.RefusedACL, "dropped_acl", c.DroppedACL,
 		"dropped_inflight_full", c.DroppedInflightFull, "send_failed", c.SendFailed,
 		"forwarded", c.Forwarded, "malformed", c.Malformed,
+		"servfail_all_down", c.ServfailAllDown, "loop_detected", c.LoopDetected,
+		"failovers", c.Failovers, "retries_denied", c.RetriesDenied,
 		"answered", c.Answered, "timed_out", c.TimedOut, "servfail_sent", c.ServfailSent,
 		"reply_failed", c.ReplyFailed, "in_flight", c.InFlight,
 		"resp_received", c.RespReceived, "resp_matched", c.RespMatched, "resp_short", c.RespShort,
@@ -252,7 +338,7 @@ func (c Counters) Attrs() []any {
 // fate). It returns nil when they hold; in flight queries count as pending.
 func (c Counters) Check() error {
 	var errs []error
-	if got := c.DroppedShort + c.DroppedQR + c.RefusedACL + c.DroppedACL + c.DroppedInflightFull + c.SendFailed + c.Forwarded; got != c.Received {
+	if got := c.DroppedShort + c.DroppedQR + c.RefusedACL + c.DroppedACL + c.DroppedInflightFull + c.SendFailed + c.Forwarded + c.ServfailAllDown + c.LoopDetected; got != c.Received {
 		errs = append(errs, fmt.Errorf("received %d != sum of client fates %d", c.Received, got))
 	}
 	if got := c.Answered + c.TimedOut + c.ReplyFailed + c.InFlight; got != c.Forwarded {

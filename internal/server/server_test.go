@@ -303,3 +303,58 @@ func TestNoUpstream(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestFailoverOnICMPUnreachable: the first upstream is a closed port, so
+// the kernel answers with ICMP port unreachable (ECONNREFUSED on the
+// connected upstream socket); the query fails over to the second upstream
+// within its deadline, and after FailThreshold failures the dead one is
+// marked down and skipped.
+func TestFailoverOnICMPUnreachable(t *testing.T) {
+	dead, err := listener.ListenUDP(context.Background(), netip.MustParseAddrPort("127.0.0.1:0"), listener.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr()
+	dead.Close() // now nothing listens there
+	up := startEcho(t, false)
+	s, stop := startServer(t, deadAddr, txn.Discard{}, func(c *Config) {
+		c.Upstreams = []netip.AddrPort{deadAddr, up.conn.LocalAddr()}
+		c.Upstream.Timeout = 5 * time.Second
+		c.Upstream.SocketsPerUpstream = 1
+		c.Health = upstream.HealthConfig{FailThreshold: 2, ProbeInterval: time.Hour}
+	})
+	cl := newClient(t, s.Addrs()[0])
+	for i := 0; i < 10; i++ {
+		deadline(t, cl.c)
+		r, err := cl.exchange(query(t, "failover.test.", uint16(i)))
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		if r[0] != 0 || r[1] != byte(i) {
+			t.Fatalf("wrong ID back")
+		}
+	}
+	c := stop()
+	if c.Failovers == 0 || c.Answered != 10 || c.Check() != nil {
+		t.Fatalf("counters: %+v %v", c, c.Check())
+	}
+	if s.pool.Upstreams()[0].Up() {
+		t.Error("dead upstream still marked up")
+	}
+}
+
+// TestLoopRefusedAtStartup: an upstream that is our own listen address is
+// refused before any socket is bound.
+func TestLoopRefusedAtStartup(t *testing.T) {
+	for _, tc := range []struct{ listen, up string }{
+		{"127.0.0.1:15399", "127.0.0.1:15399"},
+		{"0.0.0.0:15399", "127.0.0.5:15399"},
+		{"[::]:15399", "[::1]:15399"},
+	} {
+		_, err := New(context.Background(), Config{Listen: []netip.AddrPort{netip.MustParseAddrPort(tc.listen)},
+			Upstreams: []netip.AddrPort{netip.MustParseAddrPort(tc.up)}})
+		if !errors.Is(err, ErrLoop) {
+			t.Errorf("%s → %s: got %v, want ErrLoop", tc.listen, tc.up, err)
+		}
+	}
+}

@@ -43,9 +43,15 @@ const (
 	// UpstreamClosed: (TCP) the upstream connection closed before an answer
 	// and the retry budget was spent.
 	UpstreamClosed
+	// ServfailAllDown: every upstream was down and the configured
+	// all-down action is SERVFAIL; nothing went upstream.
+	ServfailAllDown
+	// ServfailLoop: the query came from tapproxy's own upstream socket (a
+	// forwarding loop); answered SERVFAIL, nothing went upstream.
+	ServfailLoop
 )
 
-var outcomeNames = [...]string{"answered", "timeout", "timeout_servfail", "refused", "send_failed", "reply_failed", "upstream_closed"}
+var outcomeNames = [...]string{"answered", "timeout", "timeout_servfail", "refused", "send_failed", "reply_failed", "upstream_closed", "servfail_all_down", "servfail_loop"}
 
 func (o Outcome) String() string {
 	if int(o) < len(outcomeNames) {
