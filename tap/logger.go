@@ -573,20 +573,28 @@ func (wr *writer) idle() {
 	}
 	now := time.Now()
 	wr.summary(now, false)
-	var tc <-chan time.Time
+	// Wake at least every maintenanceInterval even when nothing happens:
+	// the FrameWriter does its housekeeping in Flush (age rotation, a
+	// SIGHUP reopen, picking up a collector that came back), and an idle
+	// proxy must still carry those out.
+	wait := maintenanceInterval
 	if l.dropTotals() != wr.reported {
-		wr.timer.Reset(wr.lastSum.Add(l.sumInt).Sub(now))
-		tc = wr.timer.C
+		wait = min(wait, wr.lastSum.Add(l.sumInt).Sub(now))
 	}
+	wr.timer.Reset(max(wait, time.Millisecond))
 	select {
 	case <-l.wake:
 	case <-l.abandonCh:
-	case <-tc:
+	case <-wr.timer.C:
+		if time.Since(wr.lastFlush) >= maintenanceInterval {
+			wr.flush()
+		}
 	}
-	if tc != nil {
-		wr.timer.Stop()
-	}
+	wr.timer.Stop()
 }
+
+// maintenanceInterval is how often an idle writer still calls Flush.
+const maintenanceInterval = time.Second
 
 // summary logs one line about the drops since the last line, at most once
 // per SummaryInterval (or now when final), never one line per drop.
