@@ -28,6 +28,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "read":
 			return runRead(ctx, args[1:], stdout, stderr)
+		case "tune":
+			return runTune(ctx, args[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintln(stdout, "tapproxy", version)
 			return 0
@@ -47,6 +49,7 @@ func usage(w io.Writer) {
 Usage:
   tapproxy [serve] --listen ADDR:PORT --upstream ADDR:PORT [flags]   forward and log DNS
   tapproxy read [flags] FILE                                         print a dnstap file
+  tapproxy tune [flags]                                              check the system settings that drop packets
   tapproxy version
 
 Run "tapproxy serve --help" or "tapproxy read --help" for the flags.

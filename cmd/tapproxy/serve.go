@@ -8,8 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/signal"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/server"
@@ -45,6 +48,7 @@ type serveFlags struct {
 	probeInterval            time.Duration
 	probeAlways              bool
 	probeName                string
+	dnstap                   dnstapFlags
 }
 
 func parseAddrPorts(what string, list []string) ([]netip.AddrPort, error) {
@@ -82,6 +86,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&f.rcvbuf, "rcvbuf", 0, "socket receive buffer `BYTES` (SO_RCVBUFFORCE when permitted; 0: kernel default)")
 	fs.IntVar(&f.sndbuf, "sndbuf", 0, "socket send buffer `BYTES` (0: kernel default)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.dnstap.register(fs)
+	applyTCP := registerTCPFlags(fs) // serve_tcp.go
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -100,20 +106,45 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	cfg, err := f.config(log)
+	if err == nil {
+		err = applyTCP(&cfg) // serve_tcp.go
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
 		return 2
 	}
+	dt, err := f.dnstap.build(log)
+	if err != nil {
+		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
+		return 2
+	}
+	cfg.Sink = dt.sink()
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		log.Error("start-up failed", "err", err)
+		_, _ = dt.shutdown()
 		if errors.Is(err, server.ErrLoop) {
 			return 2 // a configuration error, not a runtime one
 		}
 		return 1
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP: reopening the dnstap file")
+			dt.reopen()
+		}
+	}()
 	runErr := srv.Run(ctx)
-	log.Info("final counters", srv.Counters().Attrs()...)
+	// Every transaction has been handed to the sink once Run returns:
+	// drain the dnstap queue, then report everything in one line.
+	dtAttrs, dtErr := dt.shutdown()
+	log.Info("final counters", append(srv.Counters().Attrs(), dtAttrs...)...)
+	if dtErr != nil {
+		log.Warn("dnstap shutdown", "err", dtErr)
+	}
 	if runErr != nil {
 		log.Error("stopped with errors", "err", runErr)
 		return 1

@@ -43,6 +43,9 @@ type Config struct {
 	// DrainTimeout bounds how long shutdown waits for in-flight queries
 	// (default: the upstream timeout plus 500 ms).
 	DrainTimeout time.Duration
+	// TCP configures DNS over TCP on the same addresses (tcp.go); off
+	// when zero.
+	TCP TCPConfig
 }
 
 // ErrNoUpstream is returned when no upstream is configured: tapproxy never
@@ -63,6 +66,7 @@ type Server struct {
 	pairs []pair
 	seq   txn.Seq
 	pool  *upstream.Pool
+	tcp   *tcpSide // nil when TCP is off (tcp.go)
 }
 
 // ErrLoop is returned when an upstream is one of tapproxy's own listen
@@ -163,6 +167,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			for _, w := range c.Features().Warnings {
 				cfg.Log.Warn("kernel refused a socket option", "addr", c.LocalAddr(), "detail", w)
 			}
+			if i == 0 {
+				f := c.Features()
+				cfg.Log.Info("client socket", "addr", c.LocalAddr(), "sockets", cfg.Workers,
+					"rcvbuf", f.RcvBuf, "sndbuf", f.SndBuf, "timestamps", f.Timestamps,
+					"drop_counter", f.DropCounter, "pktinfo", f.PktInfo)
+			}
 			uw, err := upstream.NewWorker(ctx, uc, c)
 			if err != nil {
 				c.Close()
@@ -186,6 +196,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	guard := upstream.NewLoopGuard(uws)
 	for _, p := range s.pairs {
 		p.uw.SetLoopGuard(guard)
+	}
+	if err := s.newTCP(ctx); err != nil { // TCP listeners on the bound addresses (tcp.go)
+		s.Close()
+		if rctx, ok := retryTCPPort(ctx, cfg, err); ok {
+			return New(rctx, cfg) // port 0: the port UDP picked is taken on TCP
+		}
+		return nil, err
 	}
 	return s, nil
 }
@@ -224,6 +241,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	s.startTCP(ctx) // tcp.go
 	if s.cfg.Ready != nil {
 		s.cfg.Ready(s)
 	}
@@ -241,6 +259,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, p := range s.pairs {
 		p.uw.Drain(dctx)
 	}
+	s.stopTCP(dctx) // tcp.go: drain TCP connections, then close them
 	dcancel()
 	upCancel()
 	for _, p := range s.pairs {
@@ -258,6 +277,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Close closes every socket.
 func (s *Server) Close() {
+	s.closeTCP() // tcp.go
 	for _, p := range s.pairs {
 		p.uw.Close()
 		p.lw.Conn().Close()
@@ -273,6 +293,7 @@ type Counters struct {
 	RespReceived, RespMatched, RespShort, RespNotResponse          uint64
 	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
 	RespReadErrors, KernelDrops, InFlight                          uint64
+	TCP                                                            TCPCounters // tcp.go
 }
 
 // Counters sums the workers' counters.
@@ -312,12 +333,13 @@ func (s *Server) Counters() Counters {
 		}
 		c.InFlight += uint64(p.uw.InFlight())
 	}
+	c.TCP = s.tcpCounters() // tcp.go
 	return c
 }
 
 // Attrs renders the counters as slog attributes with the documented names.
 func (c Counters) Attrs() []any {
-	return []any{
+	a := []any{
 		"received", c.Received, "dropped_short", c.DroppedShort, "dropped_qr", c.DroppedQR,
 		"refused_acl", c.RefusedACL, "dropped_acl", c.DroppedACL,
 		"dropped_inflight_full", c.DroppedInflightFull, "send_failed", c.SendFailed,
@@ -332,6 +354,7 @@ func (c Counters) Attrs() []any {
 		"resp_question_mismatch", c.RespQuestionMismatch, "resp_read_errors", c.RespReadErrors,
 		"kernel_drops", c.KernelDrops,
 	}
+	return append(a, c.TCP.attrs()...) // tcp_* keys (tcp.go)
 }
 
 // Check verifies the accounting invariants (every datagram in exactly one
@@ -347,5 +370,6 @@ func (c Counters) Check() error {
 	if got := c.RespMatched + c.RespShort + c.RespNotResponse + c.RespWrongSource + c.RespUnknownID + c.RespLate + c.RespQuestionMismatch; got != c.RespReceived {
 		errs = append(errs, fmt.Errorf("resp_received %d != sum of response fates %d", c.RespReceived, got))
 	}
+	errs = append(errs, c.TCP.check()) // tcp.go
 	return errors.Join(errs...)
 }

@@ -1,0 +1,506 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/tapproxy/tapproxy/internal/dnswire"
+	"github.com/tapproxy/tapproxy/internal/txn"
+	"github.com/tapproxy/tapproxy/listener"
+)
+
+// upConn is one TCP connection to the upstream: pooled and shared, or a
+// zone transfer's own. Its reader goroutine reads answers; queries are
+// written by the goroutine that sends them, one at a time under wmu.
+type upConn struct {
+	nc     *net.TCPConn
+	sr     *listener.StampReader
+	remote netip.AddrPort
+	local  netip.AddrPort
+	xfr    bool
+
+	// Under TCPForwarder.mu.
+	dead     bool
+	inflight int
+	lastUsed int64
+	byID     *[65536]uint16 // upstream ID → slot index + 1
+	late     *[1024]uint64  // IDs that timed out and were not reused
+
+	wmu  sync.Mutex
+	wbuf []byte // 2-byte length + largest message
+
+	// The reader goroutine's own record and scratch question.
+	tx txn.Transaction
+	q  dnswire.Question
+}
+
+func (uc *upConn) close() { _ = uc.nc.Close() }
+
+func (uc *upConn) isLate(id uint16) bool { return uc.late[id>>6]&(1<<(id&63)) != 0 }
+
+func (uc *upConn) takeLate(id uint16) bool {
+	if !uc.isLate(id) {
+		return false
+	}
+	uc.late[id>>6] &^= 1 << (id & 63)
+	return true
+}
+
+// write sends one framed query with the upstream ID in place of the
+// client's, in a single write (one segment for small queries).
+func (uc *upConn) write(query []byte, id uint16, timeout time.Duration) error {
+	uc.wmu.Lock()
+	defer uc.wmu.Unlock()
+	n := len(query)
+	b := uc.wbuf[:2+n]
+	b[0], b[1] = byte(n>>8), byte(n)
+	copy(b[2:], query)
+	dnswire.SetID(b[2:], id)
+	_ = uc.nc.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := uc.nc.Write(b)
+	return err
+}
+
+// dial opens a connection (bounded by the query's deadline).
+func (f *TCPForwarder) dial(deadline int64, xfr bool) (*upConn, error) {
+	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, deadline))
+	defer cancel()
+	nc, ts, err := listener.DialTCP(ctx, f.up)
+	if err != nil {
+		f.stats.DialFailed.Add(1)
+		return nil, err
+	}
+	f.stats.Dialed.Add(1)
+	if !ts {
+		f.stats.NoTimestamp.Add(1)
+	}
+	sr, err := listener.NewStampReader(nc)
+	if err != nil {
+		_ = nc.Close()
+		f.stats.ConnsClosed[UpCloseError].Add(1)
+		return nil, err
+	}
+	la := nc.LocalAddr().(*net.TCPAddr).AddrPort()
+	return &upConn{nc: nc, sr: sr, remote: f.up, local: netip.AddrPortFrom(la.Addr().Unmap(), la.Port()), xfr: xfr,
+		lastUsed: time.Now().UnixNano(), byID: new([65536]uint16), late: new([1024]uint64),
+		wbuf: make([]byte, 2+65535)}, nil
+}
+
+// pickLocked returns the least loaded pooled connection with room, or
+// reserves a dial (dial=true) when the pool has room, or neither when every
+// connection is at ConnInflight.
+func (f *TCPForwarder) pickLocked() (uc *upConn, dial bool) {
+	for _, c := range f.pool {
+		if c.inflight < f.cfg.ConnInflight && (uc == nil || c.inflight < uc.inflight) {
+			uc = c
+		}
+	}
+	if uc != nil {
+		return uc, false
+	}
+	if len(f.pool)+f.dialing < f.cfg.PoolSize {
+		f.dialing++
+		return nil, true
+	}
+	return nil, false
+}
+
+// newIDLocked picks a random ID free on uc, avoiding IDs whose query timed
+// out recently so a late answer cannot meet a new query with the same ID
+// (its question would differ, but the late answer is then told apart).
+func (f *TCPForwarder) newIDLocked(uc *upConn) uint16 {
+	id := f.rand16Locked()
+	for tries := 0; uc.byID[id] != 0 || (tries < 16 && uc.isLate(id)); tries++ {
+		if tries < 16 {
+			id = f.rand16Locked()
+		} else {
+			id++ // at most ConnInflight IDs are taken: this ends
+		}
+	}
+	uc.late[id>>6] &^= 1 << (id & 63)
+	return id
+}
+
+// unbindLocked removes slot i's ID from its connection; timedOut remembers
+// the ID as late.
+func (f *TCPForwarder) unbindLocked(i int32, timedOut bool) {
+	sl := &f.slots[i]
+	uc := sl.uc
+	if uc.byID[sl.id] == uint16(i+1) {
+		uc.byID[sl.id] = 0
+		uc.inflight--
+		uc.lastUsed = time.Now().UnixNano()
+	}
+	if timedOut {
+		uc.late[sl.id>>6] |= 1 << (sl.id & 63)
+	}
+}
+
+func (f *TCPForwarder) freeLocked(i int32) {
+	sl := &f.slots[i]
+	if sl.xfr {
+		f.xfrs--
+	}
+	sl.state, sl.xfr = tFree, false
+	sl.query, sl.client, sl.uc = nil, nil, nil
+	f.free = append(f.free, i)
+}
+
+// release frees a completed slot, or leaves that to its sender when the
+// sender is still inside its write.
+func (f *TCPForwarder) release(i int32) {
+	f.mu.Lock()
+	if sl := &f.slots[i]; sl.writing {
+		sl.releasePending = true
+	} else {
+		f.freeLocked(i)
+	}
+	f.mu.Unlock()
+}
+
+func (f *TCPForwarder) markDeadLocked(uc *upConn, reason UpCloseReason) {
+	uc.dead = true
+	for k, c := range f.pool {
+		if c == uc {
+			f.pool = append(f.pool[:k], f.pool[k+1:]...)
+			break
+		}
+	}
+	delete(f.all, uc)
+	f.stats.ConnsClosed[reason].Add(1)
+	f.cond.Broadcast()
+}
+
+// retire closes a connection that has nothing left to do.
+func (f *TCPForwarder) retire(uc *upConn, reason UpCloseReason) {
+	f.mu.Lock()
+	dead := uc.dead
+	if !dead {
+		f.markDeadLocked(uc, reason)
+	}
+	f.mu.Unlock()
+	if !dead {
+		uc.close()
+	}
+}
+
+// kill ends a connection that failed and sends its queries once more
+// elsewhere. Slots being written or relayed by another goroutine are left
+// to it (orphaned).
+func (f *TCPForwarder) kill(uc *upConn, reason UpCloseReason) {
+	f.mu.Lock()
+	if uc.dead {
+		f.mu.Unlock()
+		return
+	}
+	f.markDeadLocked(uc, reason)
+	var orphans []int32
+	for i := range f.slots {
+		if uc.inflight == 0 {
+			break
+		}
+		sl := &f.slots[i]
+		if sl.state != tPending || sl.uc != uc {
+			continue
+		}
+		f.unbindLocked(int32(i), false)
+		sl.state = tDispatching
+		if sl.writing || sl.relaying {
+			sl.orphaned = true
+			continue
+		}
+		orphans = append(orphans, int32(i))
+	}
+	f.mu.Unlock()
+	uc.close()
+	for _, i := range orphans {
+		f.retry(i)
+	}
+}
+
+// retry sends an orphaned query again, unless part of a zone transfer
+// already reached the client (a transfer cannot be restarted midway).
+func (f *TCPForwarder) retry(i int32) {
+	if sl := &f.slots[i]; sl.xfr && sl.xs.msgs > 0 {
+		f.giveUp(i, giveUpFailed)
+		return
+	}
+	f.send(i)
+}
+
+// giveUp ends an owned (tDispatching) slot that will not be sent again.
+func (f *TCPForwarder) giveUp(i int32, why int) {
+	sl := &f.slots[i]
+	var o txn.Outcome
+	switch {
+	case !sl.forwarded && why == giveUpFull:
+		f.stats.DroppedFull.Add(1)
+		sl.client.Finish()
+		f.release(i)
+		return
+	case !sl.forwarded:
+		f.stats.SendFailed.Add(1)
+		o = txn.SendFailed
+	case time.Now().UnixNano() >= sl.deadline:
+		f.expire(i, new(txn.Transaction))
+		return
+	default:
+		f.stats.UpstreamClosed.Add(1)
+		o = txn.UpstreamClosed
+		if sl.xfr && sl.xs.msgs > 0 {
+			sl.client.Abort()
+		}
+	}
+	tx := new(txn.Transaction)
+	f.fillTx(tx, sl, o)
+	if o == txn.SendFailed {
+		tx.UpstreamSent = 0
+	}
+	f.cfg.Sink.Submit(tx)
+	sl.client.Finish()
+	f.release(i)
+}
+
+// expire ends an owned slot whose deadline passed: SERVFAIL when
+// configured (never in the middle of a transfer: the client already has
+// part of it and is told by the connection closing instead).
+func (f *TCPForwarder) expire(i int32, tx *txn.Transaction) {
+	sl := &f.slots[i]
+	f.stats.TimedOut.Add(1)
+	f.fillTx(tx, sl, txn.TimedOut)
+	switch {
+	case sl.xfr && sl.xs.msgs > 0:
+		sl.client.Abort()
+	case f.cfg.ServfailOnTimeout:
+		var qp *dnswire.Question
+		if sl.qok {
+			qp = &sl.q
+		}
+		b := dnswire.AppendErrorReply(make([]byte, 0, len(sl.query)), sl.query, qp, dnswire.RcodeServFail)
+		if sent, err := sl.client.Send(b); err == nil {
+			f.stats.ServfailSent.Add(1)
+			tx.Outcome = txn.TimedOutServfail
+			tx.Response, tx.ReplySent = b, sent
+		}
+	}
+	f.cfg.Sink.Submit(tx)
+	sl.client.Finish()
+	f.release(i)
+}
+
+func (f *TCPForwarder) fillTx(t *txn.Transaction, sl *tslot, o txn.Outcome) {
+	*t = txn.Transaction{Seq: sl.seq, Transport: txn.TCP, Outcome: o,
+		Client: sl.client.RemoteAddr(), Local: sl.client.LocalAddr(), Upstream: f.up,
+		Query: sl.query, QueryKernel: sl.kernelT, QueryRead: sl.readT, UpstreamSent: sl.sentT}
+	if sl.uc != nil {
+		t.UpstreamLocal, t.UpstreamID = sl.uc.local, sl.id
+	}
+	if !sl.qok {
+		t.Flags |= txn.Malformed
+	}
+}
+
+// readLoop reads framed answers until the connection ends.
+func (f *TCPForwarder) readLoop(uc *upConn) {
+	buf := make([]byte, 65535)
+	var hdr [2]byte
+	for {
+		_, err := uc.sr.ReadFull(hdr[:])
+		if err == nil {
+			n := int(hdr[0])<<8 | int(hdr[1])
+			if n < dnswire.HeaderLen {
+				// The stream cannot be trusted past a frame that is
+				// no DNS message: close it, retry its queries.
+				f.stats.RespReceived.Add(1)
+				f.stats.RespShort.Add(1)
+				f.kill(uc, UpCloseError)
+				return
+			}
+			var kt int64
+			if kt, err = uc.sr.ReadFull(buf[:n]); err == nil {
+				if !f.onAnswer(uc, buf[:n], kt, time.Now().UnixNano()) {
+					return
+				}
+				continue
+			}
+		}
+		reason := UpCloseError
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			reason = UpCloseEOF
+		}
+		f.kill(uc, reason) // a no-op when it was closed on purpose
+		return
+	}
+}
+
+// onAnswer matches one upstream message and relays it. It returns false
+// when the connection is done (a transfer's own connection after its last
+// message).
+func (f *TCPForwarder) onAnswer(uc *upConn, msg []byte, kt, readT int64) bool {
+	f.stats.RespReceived.Add(1)
+	h, _ := dnswire.ParseHeader(msg)
+	if !h.QR() {
+		f.stats.RespNotResponse.Add(1)
+		return true
+	}
+	qerr := dnswire.ParseQuestion(msg, &uc.q)
+	f.mu.Lock()
+	v := uc.byID[h.ID]
+	if v == 0 {
+		if uc.takeLate(h.ID) {
+			f.stats.RespLate.Add(1)
+		} else {
+			f.stats.RespUnknownID.Add(1)
+		}
+		f.mu.Unlock()
+		return true
+	}
+	i := int32(v - 1)
+	sl := &f.slots[i]
+	if sl.qok {
+		// RFC 5452 §9.1; a transfer's later messages may leave the
+		// question out (RFC 5936 §2.2.1).
+		first := !sl.xfr || sl.xs.msgs == 0
+		switch {
+		case qerr == nil && uc.q.Equal(&sl.q):
+		case h.QDCount == 0 && (!first || dnswire.IsErrorRcode(h.Rcode())):
+		default:
+			f.stats.RespQuestionMismatch.Add(1)
+			f.mu.Unlock()
+			return true
+		}
+	}
+	f.stats.RespMatched.Add(1)
+	last := true
+	if sl.xfr {
+		f.stats.XFRMessages.Add(1)
+		last = sl.xs.scan(msg)
+	}
+	if last {
+		f.unbindLocked(i, false)
+		sl.state = tCompleting
+	} else {
+		sl.relaying = true
+		sl.deadline = readT + int64(f.cfg.Timeout)
+	}
+	client := sl.client
+	f.mu.Unlock()
+
+	// Restore the client's ID: the only byte changed on the way back.
+	msg[0], msg[1] = sl.query[0], sl.query[1]
+	var sent int64
+	var err error
+	if sl.xfr {
+		sent, err = client.SendWait(msg)
+	} else {
+		sent, err = client.Send(msg)
+	}
+	o := txn.Answered
+	if err != nil {
+		o = txn.ReplyFailed
+	}
+	tx := &uc.tx
+	f.fillTx(tx, sl, o)
+	tx.Response = msg
+	tx.ResponseKernel, tx.ResponseRead = kt, readT
+	if err == nil {
+		tx.ReplySent = sent
+	}
+	if h.TC() {
+		tx.Flags |= txn.Truncated
+	}
+	f.cfg.Sink.Submit(tx)
+
+	if !last {
+		f.mu.Lock()
+		sl.relaying = false
+		orphaned := sl.orphaned
+		sl.orphaned = false
+		if err == nil && !orphaned {
+			f.mu.Unlock()
+			return true
+		}
+		if !orphaned {
+			f.unbindLocked(i, false)
+		}
+		sl.state = tCompleting
+		f.mu.Unlock()
+		if err != nil {
+			f.stats.ReplyFailed.Add(1) // the client went away mid-transfer
+		} else {
+			f.stats.UpstreamClosed.Add(1)
+			client.Abort()
+		}
+		client.Finish()
+		f.release(i)
+		f.retire(uc, UpCloseXFRDone)
+		return false
+	}
+	if err != nil {
+		f.stats.ReplyFailed.Add(1)
+	} else {
+		f.stats.Answered.Add(1)
+	}
+	client.Finish()
+	f.release(i)
+	if uc.xfr {
+		f.retire(uc, UpCloseXFRDone)
+		return false
+	}
+	return true
+}
+
+// sweepLoop expires queries past their deadline and closes pooled
+// connections idle for IdleTimeout. A scan per tick avoids a timer per
+// query.
+func (f *TCPForwarder) sweepLoop(ctx context.Context) {
+	tick := min(max(f.cfg.Timeout/20, 5*time.Millisecond), 100*time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var expired []int32
+	var closing []*upConn
+	tx := new(txn.Transaction)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		expired, closing = expired[:0], closing[:0]
+		f.mu.Lock()
+		for i := range f.slots {
+			sl := &f.slots[i]
+			if sl.state != tPending || sl.writing || sl.relaying || sl.deadline > now {
+				continue
+			}
+			f.unbindLocked(int32(i), true)
+			sl.state = tCompleting
+			expired = append(expired, int32(i))
+			if sl.uc.xfr && !sl.uc.dead {
+				f.markDeadLocked(sl.uc, UpCloseTimeout)
+				closing = append(closing, sl.uc)
+			}
+		}
+		for k := 0; k < len(f.pool); k++ {
+			uc := f.pool[k]
+			if uc.inflight == 0 && now-uc.lastUsed >= int64(f.cfg.IdleTimeout) {
+				f.markDeadLocked(uc, UpCloseIdle)
+				closing = append(closing, uc)
+				k--
+			}
+		}
+		f.mu.Unlock()
+		for _, uc := range closing {
+			uc.close()
+		}
+		for _, i := range expired {
+			f.expire(i, tx)
+		}
+	}
+}
