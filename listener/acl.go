@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 )
 
 // ACLAction is what happens to a client the ACL does not allow.
@@ -40,20 +41,56 @@ var DefaultAllow = []string{
 	"fc00::/7", // ULA (RFC 4193)
 }
 
-// ACL is an allow list of prefixes. The zero ACL allows nothing; use
-// AllowAll for an open proxy.
+// ACL is an allow list of prefixes, shared by every worker. Replace swaps
+// its contents atomically (SIGHUP reload) while workers keep reading it
+// without a lock. The zero ACL allows nothing; use AllowAll for an open
+// proxy.
 type ACL struct {
+	st     atomic.Pointer[aclState]
+	action atomic.Uint32
+}
+
+// SetAction sets what happens to refused clients (takes effect at once).
+func (a *ACL) SetAction(x ACLAction) { a.action.Store(uint32(x)) }
+
+// Action returns what happens to refused clients.
+func (a *ACL) Action() ACLAction { return ACLAction(a.action.Load()) }
+
+type aclState struct {
 	prefixes []netip.Prefix
 	all      bool
 }
 
 // AllowAll is an ACL that allows every client.
-func AllowAll() *ACL { return &ACL{all: true} }
+func AllowAll() *ACL {
+	a := &ACL{}
+	a.st.Store(&aclState{all: true})
+	return a
+}
+
+// Replace makes a answer like b from now on.
+func (a *ACL) Replace(b *ACL) { a.st.Store(b.st.Load()) }
+
+// String lists the prefixes ("any" for an open ACL).
+func (a *ACL) String() string {
+	st := a.st.Load()
+	if st == nil {
+		return ""
+	}
+	if st.all {
+		return "any"
+	}
+	parts := make([]string, len(st.prefixes))
+	for i, p := range st.prefixes {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
 
 // ParseACL builds an ACL from CIDR strings; "any" allows everything. A bare
 // address is taken as a host prefix.
 func ParseACL(list []string) (*ACL, error) {
-	a := &ACL{}
+	a := &aclState{}
 	for _, item := range list {
 		for _, s := range strings.Split(item, ",") {
 			s = strings.TrimSpace(s)
@@ -75,17 +112,23 @@ func ParseACL(list []string) (*ACL, error) {
 			a.prefixes = append(a.prefixes, p.Masked())
 		}
 	}
-	return a, nil
+	acl := &ACL{}
+	acl.st.Store(a)
+	return acl, nil
 }
 
 // Allowed reports whether addr may use the proxy. IPv4-mapped IPv6
 // addresses are checked as IPv4.
 func (a *ACL) Allowed(addr netip.Addr) bool {
-	if a.all {
+	st := a.st.Load()
+	if st == nil {
+		return false
+	}
+	if st.all {
 		return true
 	}
 	addr = addr.Unmap()
-	for _, p := range a.prefixes {
+	for _, p := range st.prefixes {
 		if p.Contains(addr) {
 			return true
 		}

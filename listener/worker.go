@@ -37,7 +37,9 @@ type Stats struct {
 
 // WorkerConfig configures a client-socket worker.
 type WorkerConfig struct {
-	ACL       *ACL
+	ACL *ACL
+	// ACLAction is stored into ACL (ACL.SetAction), which every worker
+	// reads per packet, so a reload can change both at once.
 	ACLAction ACLAction
 	Sink      txn.Sink
 	Seq       *txn.Seq
@@ -67,6 +69,7 @@ func NewWorker(conn *Conn, cfg WorkerConfig, h QueryHandler) *Worker {
 	if cfg.ACL == nil {
 		cfg.ACL = AllowAll()
 	}
+	cfg.ACL.SetAction(cfg.ACLAction)
 	if cfg.Sink == nil {
 		cfg.Sink = txn.Discard{}
 	}
@@ -142,7 +145,7 @@ func (w *Worker) handle(n int, readTime int64) {
 			continue
 		}
 		if !w.cfg.ACL.Allowed(p.Peer.Addr()) {
-			if w.cfg.ACLAction == ACLDrop {
+			if w.cfg.ACL.Action() == ACLDrop {
 				w.stats.DroppedACL.Add(1)
 				continue
 			}

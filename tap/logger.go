@@ -112,7 +112,7 @@ type Logger struct {
 	enc      *Encoder
 	w        FrameWriter
 	log      *slog.Logger
-	sample   uint64
+	sample   atomic.Uint64
 	maxFrame int
 	flushInt time.Duration
 	sumInt   time.Duration
@@ -177,11 +177,10 @@ func NewLogger(opts LoggerOptions, enc *Encoder, w FrameWriter, log *slog.Logger
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = DefaultDrainTimeout
 	}
-	return &Logger{
+	l := &Logger{
 		enc:       enc,
 		w:         w,
 		log:       log,
-		sample:    opts.SampleRate,
 		maxFrame:  opts.MaxFrameSize,
 		flushInt:  opts.FlushInterval,
 		sumInt:    opts.SummaryInterval,
@@ -192,7 +191,13 @@ func NewLogger(opts LoggerOptions, enc *Encoder, w FrameWriter, log *slog.Logger
 		abandonCh: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	l.sample.Store(opts.SampleRate)
+	return l
 }
+
+// SetSampleRate changes the 1-in-N sampling at run time (SIGHUP reload);
+// 0 and 1 log every transaction.
+func (l *Logger) SetSampleRate(n uint64) { l.sample.Store(max(n, 1)) }
 
 // Stats returns a snapshot of the counters (each read atomically).
 func (l *Logger) Stats() Stats {
@@ -218,7 +223,7 @@ func (l *Logger) Submit(t *txn.Transaction) {
 	if t == nil {
 		return
 	}
-	if t.Seq%l.sample != 0 {
+	if n := l.sample.Load(); n > 1 && t.Seq%n != 0 {
 		l.sampledOut.Add(1)
 		return
 	}

@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tapproxy/tapproxy/internal/config"
+	"github.com/tapproxy/tapproxy/internal/privdrop"
+	"github.com/tapproxy/tapproxy/internal/sdnotify"
 	"github.com/tapproxy/tapproxy/internal/server"
 	"github.com/tapproxy/tapproxy/listener"
 	"github.com/tapproxy/tapproxy/upstream"
@@ -24,6 +27,9 @@ import (
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+// List implements config.Lister, so the config file takes a YAML list.
+func (l *listFlag) List() []string { return *l }
 func (l *listFlag) Set(s string) error {
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -49,6 +55,10 @@ type serveFlags struct {
 	probeAlways              bool
 	probeName                string
 	dnstap                   dnstapFlags
+	configPath               string
+	configData               []byte // the config file as last read (for SIGHUP diffs)
+	checkOnly                bool
+	user, group              string
 }
 
 func parseAddrPorts(what string, list []string) ([]netip.AddrPort, error) {
@@ -63,10 +73,16 @@ func parseAddrPorts(what string, list []string) ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var f serveFlags
+// newServeFlags registers every serve flag on a fresh FlagSet. The config
+// file's keys are these flag names (internal/config).
+func newServeFlags(stderr io.Writer) (*serveFlags, *flag.FlagSet, func(*server.Config) error) {
+	f := &serveFlags{}
 	fs := flag.NewFlagSet("tapproxy serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.StringVar(&f.configPath, "config", "", "read settings from this YAML `FILE` (keys are these flag names; flags given here win)")
+	fs.BoolVar(&f.checkOnly, "check-config", false, "validate the configuration and exit without binding any socket")
+	fs.StringVar(&f.user, "user", "", "after binding, drop root privileges to this `USER` (all threads, groups cleared)")
+	fs.StringVar(&f.group, "group", "", "with --user: the `GROUP` (default: the user's primary group)")
 	fs.Var(&f.listen, "listen", "client-facing `ADDR:PORT` (repeatable; IPv4 or [IPv6]:port)")
 	fs.Var(&f.upstreams, "upstream", "upstream DNS server `ADDR:PORT[;weight=N][;proxy-v2]` (repeatable, in order; required)")
 	fs.StringVar(&f.policy, "policy", "first-available", "upstream policy: first-available, round-robin, least-outstanding or consistent-hash")
@@ -88,31 +104,124 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.dnstap.register(fs)
 	applyTCP := registerTCPFlags(fs) // serve_tcp.go
+	return f, fs, applyTCP
+}
+
+// parseServe parses the command line, then the config file (if any) for the
+// flags not given on the command line. code is -1 when the caller should
+// go on, else the exit code.
+func parseServe(args []string, stderr io.Writer) (f *serveFlags, fs *flag.FlagSet, applyTCP func(*server.Config) error, code int) {
+	f, fs, applyTCP = newServeFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return nil, nil, nil, 0
 		}
-		return 2
+		return nil, nil, nil, 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "tapproxy: unexpected argument %q\n", fs.Arg(0))
+		return nil, nil, nil, 2
+	}
+	if f.configPath != "" {
+		given := map[string]bool{}
+		fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+		data, err := os.ReadFile(f.configPath)
+		if err == nil {
+			f.configData = data
+			err = config.Apply(fs, f.configPath, data, given)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "tapproxy: %v\n", err)
+			return nil, nil, nil, 2
+		}
+	}
+	return f, fs, applyTCP, -1
+}
+
+// runCheckConfig is "tapproxy check-config": the serve flags and config
+// file, validated exactly as serve would, without binding any socket or
+// opening any file. --print shows the effective configuration.
+func runCheckConfig(args []string, stdout, stderr io.Writer) int {
+	print := false
+	var rest []string
+	for _, a := range args {
+		if a == "--print" || a == "-print" {
+			print = true
+			continue
+		}
+		rest = append(rest, a)
+	}
+	f, fs, applyTCP, code := parseServe(rest, stderr)
+	if code >= 0 {
+		return code
+	}
+	return f.check(fs, applyTCP, print, stdout, stderr)
+}
+
+func (f *serveFlags) check(fs *flag.FlagSet, applyTCP func(*server.Config) error, print bool, stdout, stderr io.Writer) int {
+	log := slog.New(slog.DiscardHandler)
+	cfg, err := f.config(log)
+	if err == nil {
+		err = applyTCP(&cfg)
+	}
+	if err == nil {
+		err = f.dnstap.validate()
+	}
+	if err == nil {
+		err = server.Validate(cfg)
+	}
+	if err == nil && f.user == "" && f.group != "" {
+		err = errors.New("--group needs --user")
+	}
+	if err == nil && f.user != "" {
+		_, _, err = privdrop.Lookup(f.user, f.group)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tapproxy: configuration error: %v\n", err)
 		return 2
 	}
-	var level slog.Level
+	if print {
+		_, _ = stdout.Write(config.Dump(fs))
+	}
+	fmt.Fprintln(stdout, "tapproxy: configuration OK")
+	return 0
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f, fs, applyTCP, code := parseServe(args, stderr)
+	if code >= 0 {
+		return code
+	}
+	if f.checkOnly {
+		return f.check(fs, applyTCP, false, stdout, stderr)
+	}
+	var level slog.LevelVar
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		fmt.Fprintf(stderr, "tapproxy: --log-level: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &level}))
 
 	cfg, err := f.config(log)
 	if err == nil {
 		err = applyTCP(&cfg) // serve_tcp.go
 	}
+	if err == nil && f.group != "" && f.user == "" {
+		err = errors.New("--group needs --user")
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
 		return 2
 	}
+	notify := sdnotify.FromEnv()
+	ready := cfg.Ready
+	cfg.Ready = func(s *server.Server) {
+		ready(s)
+		_ = notify.Ready("serving")
+	}
+	// The dnstap file is opened and the sockets bound before privileges
+	// are dropped (port 53, /var/log): later files (rotation, reopen) and
+	// reconnects happen as the unprivileged user.
 	dt, err := f.dnstap.build(log)
 	if err != nil {
 		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
@@ -128,16 +237,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		return 1
 	}
+	if f.user != "" {
+		if err := privdrop.Drop(f.user, f.group); err != nil {
+			log.Error("dropping privileges failed", "err", err)
+			srv.Close()
+			_, _ = dt.shutdown()
+			return 1
+		}
+		log.Info("dropped privileges", "uid", os.Getuid(), "gid", os.Getgid())
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
-			log.Info("SIGHUP: reopening the dnstap file")
+			_ = notify.Reloading()
 			dt.reopen()
+			f.reload(args, cfg.ACL, dt, &level, log, stderr)
+			_ = notify.Ready("serving")
 		}
 	}()
 	runErr := srv.Run(ctx)
+	_ = notify.Stopping()
 	// Every transaction has been handed to the sink once Run returns:
 	// drain the dnstap queue, then report everything in one line.
 	dtAttrs, dtErr := dt.shutdown()
@@ -150,6 +271,68 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	return 0
+}
+
+// reload handles SIGHUP: it re-reads the command line and config file and
+// applies what can change without a restart (ACL and ACL action, dnstap
+// sampling, log level); every other change is named in the log as needing
+// a restart. A config that no longer parses changes nothing.
+func (f *serveFlags) reload(args []string, acl *listener.ACL, dt *dnstapOutput, level *slog.LevelVar, log *slog.Logger, stderr io.Writer) {
+	nf, nfs, _, code := parseServe(args, io.Discard)
+	if code >= 0 {
+		// Parse again to a buffer only to say why.
+		var b strings.Builder
+		parseServe(args, &b)
+		log.Error("SIGHUP: configuration not reloaded: it does not parse", "err", strings.TrimSpace(b.String()))
+		return
+	}
+	_, ofs, _ := newServeFlags(io.Discard)
+	_ = ofs.Parse(args)
+	if f.configPath != "" {
+		given := map[string]bool{}
+		ofs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+		_ = config.Apply(ofs, f.configPath, f.configData, given)
+	}
+	var applied, restart []string
+	nfs.VisitAll(func(fl *flag.Flag) {
+		old := ofs.Lookup(fl.Name).Value.String()
+		if old == fl.Value.String() {
+			return
+		}
+		switch fl.Name {
+		case "allow", "acl-action", "dnstap-sample", "log-level":
+			applied = append(applied, fl.Name)
+		default:
+			restart = append(restart, fl.Name)
+		}
+	})
+	allow := []string(nf.allow)
+	if len(allow) == 0 {
+		allow = listener.DefaultAllow
+	}
+	na, err := listener.ParseACL(allow)
+	if err == nil {
+		var act listener.ACLAction
+		if act, err = listener.ParseACLAction(nf.aclAction); err == nil {
+			acl.Replace(na)
+			acl.SetAction(act)
+		}
+	}
+	if err != nil {
+		log.Error("SIGHUP: ACL not reloaded", "err", err)
+	}
+	if dt != nil && nf.dnstap.sample > 0 {
+		dt.logger.SetSampleRate(nf.dnstap.sample)
+	}
+	if err := level.UnmarshalText([]byte(nf.logLevel)); err != nil {
+		log.Error("SIGHUP: log level not reloaded", "err", err)
+	}
+	// Remember the file as now read, so the next SIGHUP compares with it.
+	f.configData = nf.configData
+	log.Info("SIGHUP: configuration reloaded", "applied", strings.Join(applied, ","), "acl", acl.String())
+	if len(restart) > 0 {
+		log.Warn("SIGHUP: these settings changed but need a restart to take effect", "keys", strings.Join(restart, ","))
+	}
 }
 
 func (f *serveFlags) config(log *slog.Logger) (server.Config, error) {

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/txn"
@@ -52,21 +54,42 @@ type dnstapOutput struct {
 	drain  time.Duration
 }
 
-func (d *dnstapFlags) build(log *slog.Logger) (*dnstapOutput, error) {
+// validate checks the dnstap settings without opening anything.
+func (d *dnstapFlags) validate() error {
 	n := 0
 	for _, s := range []string{d.file, d.unix, d.tcp} {
 		if s != "" {
 			n++
 		}
 	}
-	if n == 0 {
-		return nil, nil
-	}
 	if n > 1 {
-		return nil, errors.New("give at most one of --dnstap-file, --dnstap-unix, --dnstap-tcp")
+		return errors.New("give at most one of --dnstap-file, --dnstap-unix, --dnstap-tcp")
 	}
 	if d.sample == 0 {
-		return nil, errors.New("--dnstap-sample must be at least 1")
+		return errors.New("--dnstap-sample must be at least 1")
+	}
+	if d.rotateSize < 0 || d.rotateAge < 0 {
+		return errors.New("--dnstap-rotate-size and --dnstap-rotate-age must not be negative")
+	}
+	if d.file != "" {
+		if st, err := os.Stat(filepath.Dir(d.file)); err != nil || !st.IsDir() {
+			return fmt.Errorf("--dnstap-file %s: its directory does not exist", d.file)
+		}
+	}
+	if d.tcp != "" {
+		if _, err := netip.ParseAddrPort(d.tcp); err != nil {
+			return fmt.Errorf("--dnstap-tcp %q: want IP:PORT: %w", d.tcp, err)
+		}
+	}
+	return nil
+}
+
+func (d *dnstapFlags) build(log *slog.Logger) (*dnstapOutput, error) {
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	if d.file == "" && d.unix == "" && d.tcp == "" {
+		return nil, nil
 	}
 	id := d.identity
 	if id == "" {

@@ -373,3 +373,25 @@ func (c Counters) Check() error {
 	errs = append(errs, c.TCP.check()) // tcp.go
 	return errors.Join(errs...)
 }
+
+// Validate checks cfg the way New would, without binding anything: what
+// `tapproxy check-config` runs.
+func Validate(cfg Config) error {
+	if len(cfg.Upstreams) == 0 && len(cfg.UpstreamSpecs) == 0 {
+		return ErrNoUpstream
+	}
+	if len(cfg.Listen) == 0 {
+		return ErrNoListen
+	}
+	specs := cfg.UpstreamSpecs
+	if len(specs) == 0 {
+		for _, a := range cfg.Upstreams {
+			specs = append(specs, upstream.Spec{Addr: a, Weight: 1})
+		}
+	}
+	if err := checkLoop(cfg.Listen, specs); err != nil {
+		return err
+	}
+	_, err := upstream.NewPool(specs, cfg.Policy, cfg.Health, nil)
+	return err
+}
