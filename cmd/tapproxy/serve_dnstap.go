@@ -144,6 +144,14 @@ func (o *dnstapOutput) shutdown() (attrs []any, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.drain+3*time.Second)
 	defer cancel()
 	err = o.logger.Shutdown(ctx)
+	// On a drain timeout Shutdown returns while the writer may still be in
+	// its last WriteFrame and has yet to Close (STOP/FINISH): wait for it,
+	// bounded by the writers' own deadlines, so the counters are final and
+	// the file or collector gets its STOP before the process exits.
+	select {
+	case <-o.logger.Done():
+	case <-time.After(10 * time.Second):
+	}
 	return o.attrs(), err
 }
 
