@@ -20,20 +20,28 @@ import (
 // TCP-sized answer; a truncated UDP answer is relayed to a UDP client as
 // is and the client retries over TCP itself).
 type TCPConfig struct {
-	// Upstreams are the servers; the first is used, as for UDP.
+	// Pool is the upstream pool shared with the UDP side: each query's
+	// upstream is chosen by its policy and health, and TCP answers,
+	// timeouts and connection failures feed the same health state and
+	// per-upstream figures. When nil, a first-available pool is built from
+	// Upstreams.
+	Pool *Pool
+	// Upstreams are the servers, used only when Pool is nil.
 	Upstreams []netip.AddrPort
 	// Timeout bounds each query (from its arrival) and, for a zone
 	// transfer, the wait for each next message.
 	Timeout time.Duration
 	// MaxInflight bounds all TCP queries in flight (≤ 65535).
 	MaxInflight int
-	// PoolSize is how many connections to the upstream are kept and
+	// PoolSize is how many connections to each upstream are kept and
 	// shared (pipelined) by all clients' queries. Zone transfers get a
-	// connection of their own, outside the pool.
+	// connection of their own, outside the pool, and so does each client
+	// connection talking to a PROXY v2 upstream (tcpdoc.go).
 	PoolSize int
 	// ConnInflight caps the queries pipelined on one pooled connection.
 	ConnInflight int
-	// IdleTimeout closes a pooled connection unused this long.
+	// IdleTimeout closes a pooled (or per-client PROXY v2) connection
+	// unused this long.
 	IdleTimeout time.Duration
 	// MaxTransfers caps concurrent zone transfers (each has an upstream
 	// connection of its own); one more is dropped (DroppedFull,
@@ -59,16 +67,17 @@ type UpCloseReason uint8
 
 // Upstream connection close reasons.
 const (
-	UpCloseIdle     UpCloseReason = iota // pooled, unused for IdleTimeout
-	UpCloseEOF                           // the upstream closed it
-	UpCloseError                         // read/write error or a frame shorter than a header
-	UpCloseXFRDone                       // a zone transfer's own connection, after its last message
-	UpCloseTimeout                       // a zone transfer's own connection, after its timeout
-	UpCloseShutdown                      // tapproxy stopping
+	UpCloseIdle       UpCloseReason = iota // pooled, unused for IdleTimeout
+	UpCloseEOF                             // the upstream closed it
+	UpCloseError                           // read/write error or a frame shorter than a header
+	UpCloseXFRDone                         // a zone transfer's own connection, after its last message
+	UpCloseTimeout                         // a zone transfer's own connection, after its timeout
+	UpCloseShutdown                        // tapproxy stopping
+	UpCloseClientGone                      // a PROXY v2 client's own connection, after that client's connection closed
 	numUpCloseReasons
 )
 
-var upCloseNames = [numUpCloseReasons]string{"idle", "eof", "error", "xfr_done", "timeout", "shutdown"}
+var upCloseNames = [numUpCloseReasons]string{"idle", "eof", "error", "xfr_done", "timeout", "shutdown", "client_gone"}
 
 func (r UpCloseReason) String() string {
 	if r < numUpCloseReasons {
@@ -87,8 +96,8 @@ func UpCloseReasons() []UpCloseReason {
 }
 
 // TCPStats counts the fate of every TCP query and upstream message.
-// Queries handed in: DroppedFull + SendFailed + Forwarded (+ those still
-// being sent). Forwarded: Answered + TimedOut + ReplyFailed +
+// Queries handed in: DroppedFull + SendFailed + ServfailAllDown + Forwarded
+// (+ those still being sent). Forwarded: Answered + TimedOut + ReplyFailed +
 // UpstreamClosed (+ in flight). Upstream messages: RespReceived =
 // RespMatched + RespShort + RespNotResponse + RespUnknownID + RespLate +
 // RespQuestionMismatch. Connections: Dialed = ΣConnsClosed + open.
@@ -103,9 +112,17 @@ type TCPStats struct {
 	ReplyFailed    atomic.Uint64 // answer arrived, client connection gone or full
 	UpstreamClosed atomic.Uint64 // connection died after the query was sent and the retry failed too
 	Retried        atomic.Uint64 // second attempts (after a dial/write failure or a dead connection)
-	XFR            atomic.Uint64 // AXFR/IXFR queries
-	XFRMessages    atomic.Uint64 // transfer messages relayed (part of RespMatched)
-	XFRLimited     atomic.Uint64 // of DroppedFull: MaxTransfers already running
+	// ServfailAllDown: answered SERVFAIL at once, nothing sent upstream
+	// (every upstream down and --all-down servfail).
+	ServfailAllDown atomic.Uint64
+	// Failovers: of Retried, those sent to another upstream than the first
+	// try. RetriesDenied: second attempts the retry budget refused (the
+	// query then ends as SendFailed or UpstreamClosed at once).
+	Failovers     atomic.Uint64
+	RetriesDenied atomic.Uint64
+	XFR           atomic.Uint64 // AXFR/IXFR queries
+	XFRMessages   atomic.Uint64 // transfer messages relayed (part of RespMatched)
+	XFRLimited    atomic.Uint64 // of DroppedFull: MaxTransfers already running
 
 	RespReceived         atomic.Uint64
 	RespMatched          atomic.Uint64
@@ -143,6 +160,7 @@ type tslot struct {
 	forwarded, writing, releasePending, relaying, orphaned bool
 	tries                                                  uint8
 
+	tu       *tcpUp  // the upstream of the current try (holds one of its InFlight)
 	uc       *upConn // last connection used (kept for the record after unbinding)
 	id       uint16
 	deadline int64
@@ -157,28 +175,49 @@ type tslot struct {
 	xs                    xfrState
 }
 
+// tcpUp is the TCP side's state for one upstream of the pool: its shared
+// connections and the dials in progress to it. Under TCPForwarder.mu.
+type tcpUp struct {
+	u       *Upstream
+	pool    []*upConn // live shared connections (never for PROXY v2 upstreams)
+	dialing int       // reserved dials for pool
+}
+
+// dedKey names a PROXY v2 upstream connection of one client connection.
+type dedKey struct {
+	client *listener.TCPConn
+	up     int
+}
+
 // TCPForwarder forwards queries from TCP clients over pooled, pipelined TCP
-// connections to the upstream. Every query gets an ID from crypto/rand,
-// unique among the queries in flight on its connection (RFC 5452 §9.2), and
-// an answer is accepted only on that connection, with that ID, repeating the
-// question (RFC 5452 §9.1, header-only error answers excepted). Answers may
-// come in any order. A connection that dies has its queries sent once more
-// on another; a query is never answered with bytes meant for another.
+// connections to the upstream the pool picks for each. Every query gets an
+// ID from crypto/rand, unique among the queries in flight on its connection
+// (RFC 5452 §9.2), and an answer is accepted only on that connection, with
+// that ID, repeating the question (RFC 5452 §9.1, header-only error answers
+// excepted). Answers may come in any order. A connection that dies has its
+// queries sent once more, to another healthy upstream when there is one
+// (within the retry budget); a query is never answered with bytes meant for
+// another.
 type TCPForwarder struct {
-	cfg TCPConfig
-	up  netip.AddrPort
+	cfg  TCPConfig
+	ups  []*tcpUp // by Upstream.Index
+	pool *Pool
 
 	mu      sync.Mutex
 	cond    *sync.Cond // a dial finished
 	slots   []tslot
 	free    []int32
-	pool    []*upConn // live pooled connections
 	all     map[*upConn]struct{}
-	dialing int
-	xfrs    int // transfers holding a slot
+	ded     map[dedKey]*upConn // PROXY v2: one connection per client connection and upstream
+	dedDial map[dedKey]bool    // PROXY v2 dials in progress
+	xfrs    int                // transfers holding a slot
 	closing bool
 	rnd     [512]byte
 	rndPos  int
+	// retryTokens is the retry budget in thousandths of a retry, as for
+	// UDP: each query earns 100 (second tries ≤ 10 % of queries), capped at
+	// maxRetryTokens (a burst of 100), and a second try costs 1000.
+	retryTokens int
 
 	stats  TCPStats
 	wg     sync.WaitGroup
@@ -187,7 +226,7 @@ type TCPForwarder struct {
 
 // NewTCPForwarder builds a forwarder; connections are dialled on demand.
 func NewTCPForwarder(cfg TCPConfig) (*TCPForwarder, error) {
-	if len(cfg.Upstreams) == 0 {
+	if cfg.Pool == nil && len(cfg.Upstreams) == 0 {
 		return nil, errors.New("upstream: no upstream configured")
 	}
 	if cfg.Timeout <= 0 {
@@ -218,8 +257,22 @@ func NewTCPForwarder(cfg TCPConfig) (*TCPForwarder, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	f := &TCPForwarder{cfg: cfg, up: cfg.Upstreams[0], all: make(map[*upConn]struct{}), rndPos: 512,
+	if cfg.Pool == nil {
+		specs := make([]Spec, len(cfg.Upstreams))
+		for i, a := range cfg.Upstreams {
+			specs[i] = Spec{Addr: a, Weight: 1}
+		}
+		var err error
+		if cfg.Pool, err = NewPool(specs, FirstAvailable, HealthConfig{}, cfg.Log); err != nil {
+			return nil, err
+		}
+	}
+	f := &TCPForwarder{cfg: cfg, pool: cfg.Pool, all: make(map[*upConn]struct{}), rndPos: 512,
+		ded: make(map[dedKey]*upConn), dedDial: make(map[dedKey]bool), retryTokens: maxRetryTokens,
 		slots: make([]tslot, cfg.MaxInflight), free: make([]int32, cfg.MaxInflight)}
+	for _, u := range cfg.Pool.Upstreams() {
+		f.ups = append(f.ups, &tcpUp{u: u})
+	}
 	f.cond = sync.NewCond(&f.mu)
 	arena := make([]byte, cfg.MaxInflight*slotQueryCap)
 	for i := range f.slots {
@@ -279,7 +332,7 @@ func (f *TCPForwarder) Close() {
 		f.cancel()
 	}
 	for _, uc := range conns {
-		f.kill(uc, UpCloseShutdown)
+		f.kill(uc, UpCloseShutdown, false)
 	}
 	f.wg.Wait()
 }
@@ -294,7 +347,9 @@ func (f *TCPForwarder) rand16Locked() uint16 {
 	return v
 }
 
-// HandleTCPQuery implements listener.TCPQueryHandler.
+// HandleTCPQuery implements listener.TCPQueryHandler: the pool's policy
+// picks the query's upstream (when every upstream is down and the all-down
+// action is servfail, the client gets SERVFAIL at once), then it is sent.
 func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTime, readTime int64) {
 	f.mu.Lock()
 	if f.closing || len(f.free) == 0 {
@@ -310,7 +365,7 @@ func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTim
 	// Flags that other goroutines read under mu (InFlight reads forwarded
 	// of every slot) are reset under it.
 	sl.forwarded, sl.writing, sl.releasePending, sl.relaying, sl.orphaned = false, false, false, false, false
-	sl.tries, sl.uc, sl.id = 0, nil, 0
+	sl.tries, sl.uc, sl.id, sl.tu = 0, nil, 0, nil
 	f.mu.Unlock()
 	// The rest is read only by whoever owns the slot, and the slot is ours
 	// until it is bound (under mu): fill it without the lock.
@@ -331,7 +386,18 @@ func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTim
 	if sl.xfr {
 		f.stats.XFR.Add(1)
 		sl.xs.reset(sl.q.Type == typeIXFR)
-		f.mu.Lock()
+	}
+	var qname []byte
+	if sl.qok {
+		qname = sl.q.NameBytes()
+	}
+	u, err := f.pool.Pick(qname)
+	if err != nil {
+		f.servfailAllDown(i)
+		return
+	}
+	f.mu.Lock()
+	if sl.xfr {
 		if f.xfrs >= f.cfg.MaxTransfers {
 			sl.xfr = false
 			f.mu.Unlock()
@@ -342,9 +408,66 @@ func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTim
 			return
 		}
 		f.xfrs++
-		f.mu.Unlock()
 	}
+	f.assignLocked(sl, f.ups[u.Index()])
+	f.retryTokens = min(f.retryTokens+100, maxRetryTokens)
+	f.mu.Unlock()
 	f.send(i)
+}
+
+// assignLocked makes tu the upstream of slot sl's current try: the query
+// counts in its Queries and, until it ends or moves, its InFlight.
+func (f *TCPForwarder) assignLocked(sl *tslot, tu *tcpUp) {
+	sl.tu = tu
+	tu.u.InFlight.Add(1)
+	tu.u.Queries.Add(1)
+}
+
+// servfailAllDown answers an owned slot SERVFAIL at once: every upstream is
+// down and the all-down action says so. Nothing goes upstream.
+func (f *TCPForwarder) servfailAllDown(i int32) {
+	sl := &f.slots[i]
+	sl.xfr = false // it never held a transfer place
+	f.stats.ServfailAllDown.Add(1)
+	tx := new(txn.Transaction) // a rare path: every upstream is down
+	f.fillTx(tx, sl, txn.ServfailAllDown)
+	tx.UpstreamSent = 0
+	var qp *dnswire.Question
+	if sl.qok {
+		qp = &sl.q
+	}
+	b := dnswire.AppendErrorReply(make([]byte, 0, len(sl.query)), sl.query, qp, dnswire.RcodeServFail)
+	if sent, err := sl.client.Send(b); err == nil {
+		tx.Response, tx.ReplySent = b, sent
+	}
+	f.cfg.Sink.Submit(tx)
+	sl.client.Finish()
+	f.release(i)
+}
+
+// secondTryLocked decides where slot sl's second try goes, or refuses it
+// (false) when the retry budget is spent, so that a dead upstream cannot
+// double the load on the others. The try goes to another healthy upstream
+// when the pool has one (a failover, counted), else to the same upstream on
+// a fresh connection (the connection may simply have been closed by the
+// server while idle: RFC 7766 §6.2.3 allows it).
+func (f *TCPForwarder) secondTryLocked(sl *tslot) bool {
+	if f.retryTokens < 1000 {
+		f.stats.RetriesDenied.Add(1)
+		return false
+	}
+	f.retryTokens -= 1000
+	f.stats.Retried.Add(1)
+	var qname []byte
+	if sl.qok {
+		qname = sl.q.NameBytes()
+	}
+	if alt, err := f.pool.PickExcept(qname, sl.tu.u); err == nil {
+		sl.tu.u.InFlight.Add(-1)
+		f.assignLocked(sl, f.ups[alt.Index()])
+		f.stats.Failovers.Add(1)
+	}
+	return true
 }
 
 // giveUp reasons.
@@ -353,55 +476,60 @@ const (
 	giveUpFull          // every pooled connection at ConnInflight
 )
 
-// send writes slot i (tDispatching, owned by the caller) to a connection,
-// dialling one when needed. A query gets two tries in all: a failed dial or
-// write, or a connection that dies before the answer, costs one.
+// send writes slot i (tDispatching, owned by the caller) to a connection to
+// its upstream, dialling one when needed. A query gets two tries in all: a
+// failed dial or write, or a connection that dies before the answer, costs
+// one, and the second goes to another healthy upstream when there is one.
 func (f *TCPForwarder) send(i int32) {
 	sl := &f.slots[i]
 	for {
 		f.mu.Lock()
 		now := time.Now().UnixNano()
-		if f.closing || sl.tries >= 2 || now >= sl.deadline {
+		if f.closing || sl.tries >= 2 || now >= sl.deadline || (sl.tries == 1 && !f.secondTryLocked(sl)) {
 			f.mu.Unlock()
 			f.giveUp(i, giveUpFailed)
 			return
 		}
 		sl.tries++
-		if sl.tries == 2 {
-			f.stats.Retried.Add(1)
-		}
+		tu := sl.tu
 		var uc *upConn
-		reserved := false // this attempt holds one of PoolSize dial reservations
+		reserved := false // this attempt holds a dial reservation
+		ded := !sl.xfr && tu.u.ProxyV2
+		var key dedKey
 		if !sl.xfr {
-			for {
-				uc, reserved = f.pickLocked()
-				if uc != nil || reserved || f.dialing == 0 || f.closing {
-					break
-				}
-				f.cond.Wait() // every connection full, but a dial in progress will add one
+			full := false
+			if ded {
+				key = dedKey{client: sl.client, up: tu.u.index}
+				uc, reserved, full = f.pickDedicatedLocked(key)
+			} else {
+				uc, reserved, full = f.pickPooledLocked(tu)
 			}
-			if uc == nil && !reserved {
-				closing := f.closing
-				f.mu.Unlock()
-				if closing {
-					f.giveUp(i, giveUpFailed)
-				} else {
-					f.giveUp(i, giveUpFull)
+			if full {
+				why := giveUpFull
+				if f.closing {
+					why = giveUpFailed
 				}
+				f.mu.Unlock()
+				f.giveUp(i, why)
 				return
 			}
 		}
 		if uc == nil {
 			f.mu.Unlock()
 			var err error
-			uc, err = f.dial(sl.deadline, sl.xfr)
+			uc, err = f.dial(tu, sl.client, sl.deadline, sl.xfr)
 			f.mu.Lock()
 			if reserved {
-				f.dialing--
+				if ded {
+					delete(f.dedDial, key)
+				} else {
+					tu.dialing--
+				}
 				f.cond.Broadcast()
 			}
 			if err != nil {
 				f.mu.Unlock()
+				f.pool.Failure(tu.u, isTimeout(err))
 				continue
 			}
 			if f.closing {
@@ -412,8 +540,12 @@ func (f *TCPForwarder) send(i int32) {
 				return
 			}
 			f.all[uc] = struct{}{}
-			if !sl.xfr {
-				f.pool = append(f.pool, uc)
+			switch {
+			case ded:
+				uc.owner = key
+				f.ded[key] = uc
+			case !sl.xfr:
+				tu.pool = append(tu.pool, uc)
 			}
 			f.wg.Add(1)
 			go func() { defer f.wg.Done(); f.readLoop(uc) }()
@@ -460,6 +592,6 @@ func (f *TCPForwarder) send(i int32) {
 		f.unbindLocked(i, false)
 		sl.state = tDispatching
 		f.mu.Unlock()
-		f.kill(uc, UpCloseError)
+		f.kill(uc, UpCloseError, true)
 	}
 }

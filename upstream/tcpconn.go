@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -14,15 +15,21 @@ import (
 	"github.com/tapproxy/tapproxy/listener"
 )
 
-// upConn is one TCP connection to the upstream: pooled and shared, or a
-// zone transfer's own. Its reader goroutine reads answers; queries are
-// written by the goroutine that sends them, one at a time under wmu.
+// upConn is one TCP connection to an upstream: pooled and shared, a zone
+// transfer's own, or (PROXY v2 upstreams) one client connection's own. Its
+// reader goroutine reads answers; queries are written by the goroutine that
+// sends them, one at a time under wmu.
 type upConn struct {
 	nc     *net.TCPConn
 	sr     *listener.StampReader
+	tu     *tcpUp
 	remote netip.AddrPort
 	local  netip.AddrPort
 	xfr    bool
+	// owner is set for a PROXY v2 connection: the one client connection
+	// (and upstream) it serves, named in its header. Set once under
+	// TCPForwarder.mu before the connection is shared.
+	owner dedKey
 
 	// Under TCPForwarder.mu.
 	dead     bool
@@ -66,11 +73,14 @@ func (uc *upConn) write(query []byte, id uint16, timeout time.Duration) error {
 	return err
 }
 
-// dial opens a connection (bounded by the query's deadline).
-func (f *TCPForwarder) dial(deadline int64, xfr bool) (*upConn, error) {
+// dial opens a connection to tu (bounded by the query's deadline). For a
+// PROXY v2 upstream it first writes the header naming client (haproxy
+// proxy-protocol.txt §2.2, command PROXY, STREAM): once, at the start, so
+// the connection can carry that client's queries only.
+func (f *TCPForwarder) dial(tu *tcpUp, client *listener.TCPConn, deadline int64, xfr bool) (*upConn, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, deadline))
 	defer cancel()
-	nc, ts, err := listener.DialTCP(ctx, f.up)
+	nc, ts, err := listener.DialTCP(ctx, tu.u.Addr)
 	if err != nil {
 		f.stats.DialFailed.Add(1)
 		return nil, err
@@ -85,17 +95,32 @@ func (f *TCPForwarder) dial(deadline int64, xfr bool) (*upConn, error) {
 		f.stats.ConnsClosed[UpCloseError].Add(1)
 		return nil, err
 	}
+	if tu.u.ProxyV2 {
+		hdr := AppendProxyV2(make([]byte, 0, MaxProxyV2Header), client.RemoteAddr(), client.LocalAddr(), true)
+		_ = nc.SetWriteDeadline(time.Unix(0, deadline))
+		if _, err := nc.Write(hdr); err != nil {
+			_ = nc.Close()
+			f.stats.ConnsClosed[UpCloseError].Add(1)
+			return nil, err
+		}
+	}
 	la := nc.LocalAddr().(*net.TCPAddr).AddrPort()
-	return &upConn{nc: nc, sr: sr, remote: f.up, local: netip.AddrPortFrom(la.Addr().Unmap(), la.Port()), xfr: xfr,
+	return &upConn{nc: nc, sr: sr, tu: tu, remote: tu.u.Addr, local: netip.AddrPortFrom(la.Addr().Unmap(), la.Port()), xfr: xfr,
 		lastUsed: time.Now().UnixNano(), byID: new([65536]uint16), late: new([1024]uint64),
 		wbuf: make([]byte, 2+65535)}, nil
 }
 
-// pickLocked returns the least loaded pooled connection with room, or
-// reserves a dial (dial=true) when the pool has room, or neither when every
-// connection is at ConnInflight.
-func (f *TCPForwarder) pickLocked() (uc *upConn, dial bool) {
-	for _, c := range f.pool {
+// isTimeout reports whether a dial failed on the query's deadline (a silent
+// upstream) rather than fast (refused, unreachable).
+func isTimeout(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// pickLocked returns the least loaded pooled connection to tu with room, or
+// reserves a dial (dial=true) when tu's pool has room, or neither when
+// every connection is at ConnInflight.
+func (f *TCPForwarder) pickLocked(tu *tcpUp) (uc *upConn, dial bool) {
+	for _, c := range tu.pool {
 		if c.inflight < f.cfg.ConnInflight && (uc == nil || c.inflight < uc.inflight) {
 			uc = c
 		}
@@ -103,11 +128,49 @@ func (f *TCPForwarder) pickLocked() (uc *upConn, dial bool) {
 	if uc != nil {
 		return uc, false
 	}
-	if len(f.pool)+f.dialing < f.cfg.PoolSize {
-		f.dialing++
+	if len(tu.pool)+tu.dialing < f.cfg.PoolSize {
+		tu.dialing++
 		return nil, true
 	}
 	return nil, false
+}
+
+// pickPooledLocked is pickLocked, waiting while every connection is full
+// but a dial in progress will add one; full reports that none will take the
+// query.
+func (f *TCPForwarder) pickPooledLocked(tu *tcpUp) (uc *upConn, dial, full bool) {
+	for {
+		uc, dial = f.pickLocked(tu)
+		if uc != nil || dial {
+			return uc, dial, false
+		}
+		if tu.dialing == 0 || f.closing {
+			return nil, false, true
+		}
+		f.cond.Wait()
+	}
+}
+
+// pickDedicatedLocked returns the client's own connection to a PROXY v2
+// upstream, or reserves its dial (waiting while another goroutine dials
+// it); full reports that it is at ConnInflight (or the forwarder closing).
+func (f *TCPForwarder) pickDedicatedLocked(key dedKey) (uc *upConn, dial, full bool) {
+	for {
+		if f.closing {
+			return nil, false, true
+		}
+		if uc = f.ded[key]; uc != nil {
+			if uc.inflight < f.cfg.ConnInflight {
+				return uc, false, false
+			}
+			return nil, false, true
+		}
+		if !f.dedDial[key] {
+			f.dedDial[key] = true
+			return nil, true, false
+		}
+		f.cond.Wait()
+	}
 }
 
 // newIDLocked picks a random ID free on uc, avoiding IDs whose query timed
@@ -146,6 +209,10 @@ func (f *TCPForwarder) freeLocked(i int32) {
 	if sl.xfr {
 		f.xfrs--
 	}
+	if sl.tu != nil {
+		sl.tu.u.InFlight.Add(-1)
+		sl.tu = nil
+	}
 	sl.state, sl.xfr = tFree, false
 	sl.query, sl.client, sl.uc = nil, nil, nil
 	f.free = append(f.free, i)
@@ -165,10 +232,18 @@ func (f *TCPForwarder) release(i int32) {
 
 func (f *TCPForwarder) markDeadLocked(uc *upConn, reason UpCloseReason) {
 	uc.dead = true
-	for k, c := range f.pool {
-		if c == uc {
-			f.pool = append(f.pool[:k], f.pool[k+1:]...)
-			break
+	switch {
+	case uc.owner.client != nil:
+		if f.ded[uc.owner] == uc {
+			delete(f.ded, uc.owner)
+		}
+	case !uc.xfr:
+		p := uc.tu.pool
+		for k, c := range p {
+			if c == uc {
+				uc.tu.pool = append(p[:k], p[k+1:]...)
+				break
+			}
 		}
 	}
 	delete(f.all, uc)
@@ -191,13 +266,17 @@ func (f *TCPForwarder) retire(uc *upConn, reason UpCloseReason) {
 
 // kill ends a connection that failed and sends its queries once more
 // elsewhere. Slots being written or relayed by another goroutine are left
-// to it (orphaned).
-func (f *TCPForwarder) kill(uc *upConn, reason UpCloseReason) {
+// to it (orphaned). The upstream is charged one fast failure (passive
+// health) when failed is set (a write failed) or when the connection ended
+// on its own (EOF, reset, a bad frame) with queries in flight: an idle
+// connection that the server closes is no failure.
+func (f *TCPForwarder) kill(uc *upConn, reason UpCloseReason, failed bool) {
 	f.mu.Lock()
 	if uc.dead {
 		f.mu.Unlock()
 		return
 	}
+	failed = failed || ((reason == UpCloseEOF || reason == UpCloseError) && uc.inflight > 0)
 	f.markDeadLocked(uc, reason)
 	var orphans []int32
 	for i := range f.slots {
@@ -218,6 +297,9 @@ func (f *TCPForwarder) kill(uc *upConn, reason UpCloseReason) {
 	}
 	f.mu.Unlock()
 	uc.close()
+	if failed {
+		f.pool.Failure(uc.tu.u, false)
+	}
 	for _, i := range orphans {
 		f.retry(i)
 	}
@@ -272,6 +354,9 @@ func (f *TCPForwarder) giveUp(i int32, why int) {
 func (f *TCPForwarder) expire(i int32, tx *txn.Transaction) {
 	sl := &f.slots[i]
 	f.stats.TimedOut.Add(1)
+	if sl.tu != nil {
+		f.pool.Failure(sl.tu.u, true)
+	}
 	f.fillTx(tx, sl, txn.TimedOut)
 	switch {
 	case sl.xfr && sl.xs.msgs > 0:
@@ -295,10 +380,13 @@ func (f *TCPForwarder) expire(i int32, tx *txn.Transaction) {
 
 func (f *TCPForwarder) fillTx(t *txn.Transaction, sl *tslot, o txn.Outcome) {
 	*t = txn.Transaction{Seq: sl.seq, Transport: txn.TCP, Outcome: o,
-		Client: sl.client.RemoteAddr(), Local: sl.client.LocalAddr(), Upstream: f.up,
+		Client: sl.client.RemoteAddr(), Local: sl.client.LocalAddr(),
 		Query: sl.query, QueryKernel: sl.kernelT, QueryRead: sl.readT, UpstreamSent: sl.sentT}
-	if sl.uc != nil {
-		t.UpstreamLocal, t.UpstreamID = sl.uc.local, sl.id
+	switch {
+	case sl.uc != nil:
+		t.Upstream, t.UpstreamLocal, t.UpstreamID = sl.uc.remote, sl.uc.local, sl.id
+	case sl.tu != nil:
+		t.Upstream = sl.tu.u.Addr
 	}
 	if !sl.qok {
 		t.Flags |= txn.Malformed
@@ -318,7 +406,7 @@ func (f *TCPForwarder) readLoop(uc *upConn) {
 				// no DNS message: close it, retry its queries.
 				f.stats.RespReceived.Add(1)
 				f.stats.RespShort.Add(1)
-				f.kill(uc, UpCloseError)
+				f.kill(uc, UpCloseError, false)
 				return
 			}
 			var kt int64
@@ -333,7 +421,7 @@ func (f *TCPForwarder) readLoop(uc *upConn) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			reason = UpCloseEOF
 		}
-		f.kill(uc, reason) // a no-op when it was closed on purpose
+		f.kill(uc, reason, false) // a no-op when it was closed on purpose
 		return
 	}
 }
@@ -376,6 +464,7 @@ func (f *TCPForwarder) onAnswer(uc *upConn, msg []byte, kt, readT int64) bool {
 		}
 	}
 	f.stats.RespMatched.Add(1)
+	firstMsg := !sl.xfr || sl.xs.msgs == 0
 	last := true
 	if sl.xfr {
 		f.stats.XFRMessages.Add(1)
@@ -390,6 +479,15 @@ func (f *TCPForwarder) onAnswer(uc *upConn, msg []byte, kt, readT int64) bool {
 	}
 	client := sl.client
 	f.mu.Unlock()
+	if firstMsg {
+		// Passive health: an acceptable answer, with the time from the
+		// query's write to the kernel stamp of the answer's last segment.
+		rtt := kt - sl.sentT
+		if kt == 0 {
+			rtt = readT - sl.sentT
+		}
+		f.pool.Success(uc.tu.u, time.Duration(rtt))
+	}
 
 	// Restore the client's ID: the only byte changed on the way back.
 	msg[0], msg[1] = sl.query[0], sl.query[1]
@@ -487,12 +585,28 @@ func (f *TCPForwarder) sweepLoop(ctx context.Context) {
 				closing = append(closing, sl.uc)
 			}
 		}
-		for k := 0; k < len(f.pool); k++ {
-			uc := f.pool[k]
-			if uc.inflight == 0 && now-uc.lastUsed >= int64(f.cfg.IdleTimeout) {
+		for _, tu := range f.ups {
+			for k := 0; k < len(tu.pool); k++ {
+				uc := tu.pool[k]
+				if uc.inflight == 0 && now-uc.lastUsed >= int64(f.cfg.IdleTimeout) {
+					f.markDeadLocked(uc, UpCloseIdle)
+					closing = append(closing, uc)
+					k--
+				}
+			}
+		}
+		// A PROXY v2 connection serves one client connection: it goes
+		// when that client's connection has closed, or idles out, once
+		// nothing is in flight on it.
+		for _, uc := range f.ded {
+			switch {
+			case uc.inflight > 0:
+			case uc.owner.client.Closed():
+				f.markDeadLocked(uc, UpCloseClientGone)
+				closing = append(closing, uc)
+			case now-uc.lastUsed >= int64(f.cfg.IdleTimeout):
 				f.markDeadLocked(uc, UpCloseIdle)
 				closing = append(closing, uc)
-				k--
 			}
 		}
 		f.mu.Unlock()

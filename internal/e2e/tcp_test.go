@@ -119,8 +119,8 @@ func checkTCPCounters(t testing.TB, c map[string]uint64) {
 	eq("tcp_accepted = refused+rejected+closed+open", c["tcp_accepted"],
 		c["tcp_refused_acl"]+c["tcp_rejected_max_conns"]+c["tcp_rejected_per_ip"]+closed+c["tcp_open"])
 	eq("tcp_received = tcp_dropped_qr + tcp_handled", c["tcp_received"], c["tcp_dropped_qr"]+c["tcp_handled"])
-	eq("tcp_handled = dropped_inflight_full+send_failed+forwarded+unsent", c["tcp_handled"],
-		c["tcp_dropped_inflight_full"]+c["tcp_send_failed"]+c["tcp_forwarded"]+c["tcp_unsent"])
+	eq("tcp_handled = dropped_inflight_full+send_failed+servfail_all_down+forwarded+unsent", c["tcp_handled"],
+		c["tcp_dropped_inflight_full"]+c["tcp_send_failed"]+c["tcp_servfail_all_down"]+c["tcp_forwarded"]+c["tcp_unsent"])
 	eq("tcp_forwarded = answered+timed_out+reply_failed+upstream_closed+in_flight-unsent", c["tcp_forwarded"],
 		c["tcp_answered"]+c["tcp_timed_out"]+c["tcp_reply_failed"]+c["tcp_upstream_closed"]+c["tcp_in_flight"]-c["tcp_unsent"])
 	eq("tcp_resp_received = sum of response fates", c["tcp_resp_received"],

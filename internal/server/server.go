@@ -395,3 +395,6 @@ func Validate(cfg Config) error {
 	_, err := upstream.NewPool(specs, cfg.Policy, cfg.Health, nil)
 	return err
 }
+
+// Pool returns the shared upstream pool (per-upstream state and figures).
+func (s *Server) Pool() *upstream.Pool { return s.pool }

@@ -18,9 +18,10 @@ type TCPConfig struct {
 	Enable bool
 	// Client bounds the client side; its ACL and Log come from Config.
 	Client listener.TCPConfig
-	// Upstream configures the pooled upstream connections; Upstreams,
-	// Sink, Seq and Log come from Config, and Timeout and
-	// ServfailOnTimeout from Config.Upstream when left zero.
+	// Upstream configures the pooled upstream connections; Pool (the
+	// one the UDP side uses: same policy, same health state, same
+	// per-upstream figures), Sink, Seq and Log come from the Server, and
+	// Timeout and ServfailOnTimeout from Config.Upstream when left zero.
 	Upstream upstream.TCPConfig
 }
 
@@ -38,7 +39,7 @@ func (s *Server) newTCP(ctx context.Context) error {
 		return nil
 	}
 	uc := s.cfg.TCP.Upstream
-	uc.Upstreams = s.cfg.Upstreams
+	uc.Upstreams, uc.Pool = s.cfg.Upstreams, s.pool
 	if uc.Timeout <= 0 {
 		uc.Timeout = s.cfg.Upstream.Timeout
 	}
@@ -128,6 +129,7 @@ type TCPCounters struct {
 
 	DroppedInflightFull, SendFailed, Forwarded, Malformed, Answered uint64
 	TimedOut, ServfailSent, ReplyFailed, UpstreamClosed, Retried    uint64
+	ServfailAllDown, Failovers, RetriesDenied                       uint64
 	InFlight, Unsent, XFR, XFRMessages, XFRLimited                  uint64
 	RespReceived, RespMatched, RespShort, RespNotResponse           uint64
 	RespUnknownID, RespLate, RespQuestionMismatch                   uint64
@@ -166,6 +168,9 @@ func (s *Server) tcpCounters() TCPCounters {
 	c.ReplyFailed = u.ReplyFailed.Load()
 	c.UpstreamClosed = u.UpstreamClosed.Load()
 	c.Retried = u.Retried.Load()
+	c.ServfailAllDown = u.ServfailAllDown.Load()
+	c.Failovers = u.Failovers.Load()
+	c.RetriesDenied = u.RetriesDenied.Load()
 	inflight, unsent := s.tcp.fwd.InFlight()
 	c.InFlight, c.Unsent = uint64(inflight), uint64(unsent)
 	c.XFR = u.XFR.Load()
@@ -206,6 +211,7 @@ func (c TCPCounters) attrs() []any {
 		"tcp_forwarded", c.Forwarded, "tcp_malformed", c.Malformed, "tcp_answered", c.Answered,
 		"tcp_timed_out", c.TimedOut, "tcp_servfail_sent", c.ServfailSent, "tcp_reply_failed", c.ReplyFailed,
 		"tcp_upstream_closed", c.UpstreamClosed, "tcp_retried", c.Retried,
+		"tcp_servfail_all_down", c.ServfailAllDown, "tcp_failovers", c.Failovers, "tcp_retries_denied", c.RetriesDenied,
 		"tcp_in_flight", c.InFlight, "tcp_unsent", c.Unsent, "tcp_xfr", c.XFR, "tcp_xfr_messages", c.XFRMessages, "tcp_xfr_limited", c.XFRLimited,
 		"tcp_resp_received", c.RespReceived, "tcp_resp_matched", c.RespMatched, "tcp_resp_short", c.RespShort,
 		"tcp_resp_not_response", c.RespNotResponse, "tcp_resp_unknown_id", c.RespUnknownID,
@@ -232,7 +238,7 @@ func sum(v []uint64) uint64 {
 //
 //	tcp_accepted = tcp_refused_acl + tcp_rejected_max_conns + tcp_rejected_per_ip + Σtcp_closed_* + tcp_open
 //	tcp_received = tcp_dropped_qr + tcp_handled
-//	tcp_handled = tcp_dropped_inflight_full + tcp_send_failed + tcp_forwarded + tcp_unsent
+//	tcp_handled = tcp_dropped_inflight_full + tcp_send_failed + tcp_servfail_all_down + tcp_forwarded + tcp_unsent
 //	tcp_forwarded = tcp_answered + tcp_timed_out + tcp_reply_failed + tcp_upstream_closed + (tcp_in_flight - tcp_unsent)
 //	tcp_resp_received = tcp_resp_matched + tcp_resp_short + tcp_resp_not_response + tcp_resp_unknown_id + tcp_resp_late + tcp_resp_question_mismatch
 //	tcp_up_dialed = Σtcp_up_closed_* + tcp_up_open
@@ -244,8 +250,8 @@ func (c TCPCounters) check() error {
 	if got := c.DroppedQR + c.Handled; got != c.Received {
 		errs = append(errs, fmt.Errorf("tcp_received %d != tcp_dropped_qr+tcp_handled %d", c.Received, got))
 	}
-	if got := c.DroppedInflightFull + c.SendFailed + c.Forwarded + c.Unsent; got != c.Handled {
-		errs = append(errs, fmt.Errorf("tcp_handled %d != dropped_inflight_full+send_failed+forwarded+unsent %d", c.Handled, got))
+	if got := c.DroppedInflightFull + c.SendFailed + c.ServfailAllDown + c.Forwarded + c.Unsent; got != c.Handled {
+		errs = append(errs, fmt.Errorf("tcp_handled %d != dropped_inflight_full+send_failed+servfail_all_down+forwarded+unsent %d", c.Handled, got))
 	}
 	if got := c.Answered + c.TimedOut + c.ReplyFailed + c.UpstreamClosed + c.InFlight - c.Unsent; got != c.Forwarded {
 		errs = append(errs, fmt.Errorf("tcp_forwarded %d != answered+timed_out+reply_failed+upstream_closed+in_flight-unsent %d", c.Forwarded, got))

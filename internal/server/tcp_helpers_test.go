@@ -62,6 +62,9 @@ type fakeConn struct {
 	c   *net.TCPConn
 	n   int // queries read on this connection so far
 	wmu sync.Mutex
+	// PROXY v2 fakes: the source and destination the header named (set
+	// before the handler first runs).
+	proxySrc, proxyDst netip.AddrPort
 }
 
 func (fc *fakeConn) send(msg []byte) {
@@ -86,6 +89,41 @@ func echo(q []byte, pad int) []byte {
 
 func startFakeTCP(t *testing.T, h func(fc *fakeConn, q []byte)) *fakeTCP {
 	t.Helper()
+	return startFakeTCPWith(t, false, h)
+}
+
+// readProxyV2 reads a PROXY protocol v2 header (haproxy spec §2.2: PROXY
+// command, TCP over IPv4 or IPv6) from the start of a connection.
+func readProxyV2(r io.Reader) (src, dst netip.AddrPort, err error) {
+	var h [16]byte
+	if _, err = io.ReadFull(r, h[:]); err != nil {
+		return
+	}
+	sig := []byte{0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A}
+	if string(h[:12]) != string(sig) || h[12] != 0x21 {
+		return src, dst, errors.New("not a PROXY v2 PROXY header")
+	}
+	body := make([]byte, binary.BigEndian.Uint16(h[14:]))
+	if _, err = io.ReadFull(r, body); err != nil {
+		return
+	}
+	switch {
+	case h[13] == 0x11 && len(body) >= 12:
+		src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[0:4])), binary.BigEndian.Uint16(body[8:]))
+		dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[4:8])), binary.BigEndian.Uint16(body[10:]))
+	case h[13] == 0x21 && len(body) >= 36:
+		src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[0:16])), binary.BigEndian.Uint16(body[32:]))
+		dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[16:32])), binary.BigEndian.Uint16(body[34:]))
+	default:
+		err = errors.New("PROXY v2 header: not TCP over IPv4/IPv6")
+	}
+	return
+}
+
+// startFakeTCPWith starts a fake; with proxyV2 every connection must begin
+// with a PROXY v2 header (else it is closed unread).
+func startFakeTCPWith(t *testing.T, proxyV2 bool, h func(fc *fakeConn, q []byte)) *fakeTCP {
+	t.Helper()
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +146,12 @@ func startFakeTCP(t *testing.T, h func(fc *fakeConn, q []byte)) *fakeTCP {
 			go func() {
 				defer f.wg.Done()
 				defer c.Close()
+				if proxyV2 {
+					var err error
+					if fc.proxySrc, fc.proxyDst, err = readProxyV2(c); err != nil {
+						return
+					}
+				}
 				var hdr [2]byte
 				for {
 					if _, err := io.ReadFull(c, hdr[:]); err != nil {
