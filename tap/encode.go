@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tapproxy/tapproxy/annotate"
+	"github.com/tapproxy/tapproxy/internal/dnswire"
 	"github.com/tapproxy/tapproxy/internal/txn"
 )
 
@@ -190,6 +191,11 @@ type EncoderOptions struct {
 	Version  []byte
 	// Types selects the records written; zero means DefaultTypes.
 	Types TypeSet
+	// Zones, when set, fills query_zone (field 11) with the closest
+	// enclosing zone learned from answers' SOA/NS owner names. It is
+	// consulted and taught on the encoding goroutine, never on the DNS
+	// path.
+	Zones *annotate.ZoneCache
 }
 
 // Encoder turns transactions into serialized Dnstap messages. It holds only
@@ -199,11 +205,12 @@ type Encoder struct {
 	identity []byte
 	version  []byte
 	types    TypeSet
+	zones    *annotate.ZoneCache
 }
 
 // NewEncoder returns an Encoder for opts.
 func NewEncoder(opts EncoderOptions) *Encoder {
-	e := &Encoder{types: opts.Types & TypesAll}
+	e := &Encoder{types: opts.Types & TypesAll, zones: opts.Zones}
 	if opts.Identity != nil {
 		e.identity = append([]byte{}, opts.Identity...)
 	}
@@ -265,6 +272,8 @@ type record struct {
 	// RFC 1035 §4.1.1) of qmsg/rmsg as they are copied.
 	qid int32
 	rid int32
+	// zone is query_zone in wire form (nil: absent).
+	zone []byte
 }
 
 // setAddrs fills the addresses, ports and family of r from the initiator
@@ -329,12 +338,22 @@ func (e *Encoder) EncodeTransaction(buf []byte, ends []int, t *txn.Transaction) 
 		qtime = t.QueryRead
 	}
 	upID := int32(t.UpstreamID)
+	var zone []byte
+	if e.zones != nil {
+		if t.Response != nil {
+			e.zones.Learn(t.Response)
+		}
+		var q dnswire.Question
+		if dnswire.ParseQuestion(t.Query, &q) == nil {
+			zone, _ = e.zones.Lookup(q.NameBytes())
+		}
+	}
 
 	for _, n := range typeNames {
 		if p&n.set == 0 {
 			continue
 		}
-		r := record{proto: proto, qid: -1, rid: -1}
+		r := record{proto: proto, qid: -1, rid: -1, zone: zone}
 		switch n.set {
 		case TypeClientQuery:
 			r.typ = ClientQuery
@@ -435,6 +454,9 @@ func (r *record) size() int {
 	if len(r.qmsg) > 0 {
 		n += 1 + sizeVarint(uint64(len(r.qmsg))) + len(r.qmsg)
 	}
+	if len(r.zone) > 0 {
+		n += 1 + sizeVarint(uint64(len(r.zone))) + len(r.zone)
+	}
 	if r.rtime > 0 {
 		n += 1 + sizeVarint(uint64(r.rtime/1e9)) + 5
 	}
@@ -478,6 +500,9 @@ func (r *record) append(buf []byte) []byte {
 	}
 	if len(r.qmsg) > 0 {
 		buf = appendMessage(buf, fieldMsgQueryMessage, r.qmsg, r.qid)
+	}
+	if len(r.zone) > 0 {
+		buf = appendBytesField(buf, fieldMsgQueryZone, r.zone)
 	}
 	if r.rtime > 0 {
 		buf = appendTime(buf, fieldMsgResponseTimeSec, fieldMsgResponseTimeNsec, r.rtime)

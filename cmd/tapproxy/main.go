@@ -28,6 +28,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "read":
 			return runRead(ctx, args[1:], stdout, stderr)
+		case "report":
+			return runReport(ctx, args[1:], stdout, stderr)
 		case "check-config":
 			return runCheckConfig(args[1:], stdout, stderr)
 		case "tune":
@@ -51,6 +53,7 @@ func usage(w io.Writer) {
 Usage:
   tapproxy [serve] --listen ADDR:PORT --upstream ADDR:PORT [flags]   forward and log DNS
   tapproxy read [flags] FILE                                         print a dnstap file
+  tapproxy report [--format text|json] [--html OUT] FILE             latency/traffic summary of a dnstap file
   tapproxy check-config [--print] [serve flags]                      validate the configuration, bind nothing
   tapproxy tune [flags]                                              check the system settings that drop packets
   tapproxy version

@@ -55,6 +55,7 @@ type serveFlags struct {
 	probeAlways              bool
 	probeName                string
 	dnstap                   dnstapFlags
+	metrics                  metricsFlags
 	configPath               string
 	configData               []byte // the config file as last read (for SIGHUP diffs)
 	checkOnly                bool
@@ -103,6 +104,7 @@ func newServeFlags(stderr io.Writer) (*serveFlags, *flag.FlagSet, func(*server.C
 	fs.IntVar(&f.sndbuf, "sndbuf", 0, "socket send buffer `BYTES` (0: kernel default)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.dnstap.register(fs)
+	f.metrics.register(fs)
 	applyTCP := registerTCPFlags(fs) // serve_tcp.go
 	return f, fs, applyTCP
 }
@@ -168,6 +170,9 @@ func (f *serveFlags) check(fs *flag.FlagSet, applyTCP func(*server.Config) error
 		err = f.dnstap.validate()
 	}
 	if err == nil {
+		err = f.metrics.validate()
+	}
+	if err == nil {
 		err = server.Validate(cfg)
 	}
 	if err == nil && f.user == "" && f.group != "" {
@@ -227,10 +232,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
 		return 2
 	}
-	cfg.Sink = dt.sink()
+	mo, err := f.metrics.build() // binds --metrics before privileges are dropped
+	if err != nil {
+		fmt.Fprintf(stderr, "tapproxy: %v\n", err)
+		_, _ = dt.shutdown()
+		return 2
+	}
+	cfg.Sink = mo.sink(dt.sink())
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		log.Error("start-up failed", "err", err)
+		_ = mo.stop()
 		_, _ = dt.shutdown()
 		if errors.Is(err, server.ErrLoop) {
 			return 2 // a configuration error, not a runtime one
@@ -241,10 +253,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if err := privdrop.Drop(f.user, f.group); err != nil {
 			log.Error("dropping privileges failed", "err", err)
 			srv.Close()
+			_ = mo.stop()
 			_, _ = dt.shutdown()
 			return 1
 		}
 		log.Info("dropped privileges", "uid", os.Getuid(), "gid", os.Getgid())
+	}
+	if err := mo.start(log, metricsDeps{srv: srv, upstreams: srv.Pool().Upstreams, dnstap: dt, zone: dt.zoneCache()}); err != nil {
+		log.Error("metrics endpoint", "err", err)
+		srv.Close()
+		_, _ = dt.shutdown()
+		return 1
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -263,6 +282,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// drain the dnstap queue, then report everything in one line.
 	dtAttrs, dtErr := dt.shutdown()
 	log.Info("final counters", append(srv.Counters().Attrs(), dtAttrs...)...)
+	if err := mo.stop(); err != nil {
+		log.Warn("metrics endpoint", "err", err)
+	}
 	if dtErr != nil {
 		log.Warn("dnstap shutdown", "err", dtErr)
 	}

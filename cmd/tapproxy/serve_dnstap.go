@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tapproxy/tapproxy/annotate"
 	"github.com/tapproxy/tapproxy/internal/txn"
 	"github.com/tapproxy/tapproxy/tap"
 	"github.com/tapproxy/tapproxy/tap/fstrm"
@@ -49,6 +50,7 @@ func (d *dnstapFlags) register(fs *flag.FlagSet) {
 // dnstapOutput is the running dnstap pipeline, or nil when logging is off.
 type dnstapOutput struct {
 	logger *tap.Logger
+	zones  *annotate.ZoneCache
 	file   *fstrm.FileWriter
 	sock   *fstrm.SocketWriter
 	drain  time.Duration
@@ -113,7 +115,8 @@ func (d *dnstapFlags) build(log *slog.Logger) (*dnstapOutput, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dnstap output: %w", err)
 	}
-	enc := tap.NewEncoder(tap.EncoderOptions{Identity: []byte(id), Version: []byte("tapproxy " + version), Types: d.types})
+	out.zones = annotate.NewZoneCache(0)
+	enc := tap.NewEncoder(tap.EncoderOptions{Identity: []byte(id), Version: []byte("tapproxy " + version), Types: d.types, Zones: out.zones})
 	out.logger = tap.NewLogger(tap.LoggerOptions{QueueEntries: d.queueEntries, QueueBytes: d.queueBytes,
 		SampleRate: d.sample, DrainTimeout: d.drain}, enc, w, dlog)
 	out.logger.Start()
@@ -126,6 +129,14 @@ func (o *dnstapOutput) sink() txn.Sink {
 		return txn.Discard{}
 	}
 	return o.logger
+}
+
+// zoneCache returns the query_zone cache, or nil when logging is off.
+func (o *dnstapOutput) zoneCache() *annotate.ZoneCache {
+	if o == nil {
+		return nil
+	}
+	return o.zones
 }
 
 // reopen handles SIGHUP: a new file at the same path (logrotate style).
