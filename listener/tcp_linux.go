@@ -131,7 +131,7 @@ func (r *StampReader) recv(fd uintptr) bool {
 		r.msg.Control = &r.oob[0]
 		r.msg.SetControllen(len(r.oob))
 		r.msg.Flags = 0
-		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&r.msg)), unix.MSG_DONTWAIT)
+		n, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&r.msg)), unix.MSG_DONTWAIT)
 		if e == unix.EINTR {
 			continue // Go's own reads retry EINTR; the poller may not wake again
 		}
@@ -211,7 +211,7 @@ func (w *directWriter) init(rc syscall.RawConn) {
 
 func (w *directWriter) writev(fd uintptr) {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(w.niov))
+		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(w.niov))
 		if e == unix.EINTR {
 			continue
 		}
