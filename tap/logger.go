@@ -131,8 +131,12 @@ type Logger struct {
 	wrapped bool // newest entries lie in [0, aTail), oldest in [aHead, len)
 	closed  bool // Shutdown began: Submit counts dropped_shutdown
 	waiting bool // the writer sleeps on wake
-	inHand  bool // the writer is encoding the head slot
-	abandon bool // the drain deadline passed
+	// lingering: the writer was woken for a first record and lets a batch
+	// gather for Linger; urgent is the queue length that cuts that short.
+	lingering bool
+	urgent    int
+	inHand    bool // the writer is encoding the head slot
+	abandon   bool // the drain deadline passed
 
 	wake        chan struct{} // capacity 1
 	abandonCh   chan struct{} // closed when abandon is set
@@ -183,6 +187,7 @@ func NewLogger(opts LoggerOptions, enc *Encoder, w FrameWriter, log *slog.Logger
 		log:       log,
 		maxFrame:  opts.MaxFrameSize,
 		flushInt:  opts.FlushInterval,
+		urgent:    max(1, min(opts.QueueEntries/8, 256)),
 		sumInt:    opts.SummaryInterval,
 		drainTO:   opts.DrainTimeout,
 		slots:     make([]slot, opts.QueueEntries),
@@ -266,8 +271,13 @@ func (l *Logger) Submit(t *txn.Transaction) {
 	s.records = uint8(n)
 	l.commit(off, need)
 	l.count++
-	wake := l.waiting
-	l.waiting = false
+	// Wake the writer for the first record after it went idle, and during
+	// its linger only once a batch has built up (a wake-up per record
+	// would cost a goroutine switch and a write(2) per DNS transaction).
+	wake := l.waiting || (l.lingering && l.count >= l.urgent)
+	if wake {
+		l.waiting, l.lingering = false, false
+	}
 	l.mu.Unlock()
 	if wake {
 		select {
@@ -573,22 +583,28 @@ func (wr *writer) flush() {
 // until a Submit wakes the writer, Shutdown, or a pending drop summary is due.
 func (wr *writer) idle() {
 	l := wr.l
-	if wr.dirty {
+	now := time.Now()
+	if wr.dirty && now.Sub(wr.lastFlush) >= l.flushInt {
 		wr.flush()
 	}
-	now := time.Now()
 	wr.summary(now, false)
 	// Wake at least every maintenanceInterval even when nothing happens:
 	// the FrameWriter does its housekeeping in Flush (age rotation, a
 	// SIGHUP reopen, picking up a collector that came back), and an idle
-	// proxy must still carry those out.
+	// proxy must still carry those out. Written frames are flushed within
+	// FlushInterval.
 	wait := maintenanceInterval
+	if wr.dirty {
+		wait = min(wait, wr.lastFlush.Add(l.flushInt).Sub(now))
+	}
 	if l.dropTotals() != wr.reported {
 		wait = min(wait, wr.lastSum.Add(l.sumInt).Sub(now))
 	}
 	wr.timer.Reset(max(wait, time.Millisecond))
+	woken := false
 	select {
 	case <-l.wake:
+		woken = true
 	case <-l.abandonCh:
 	case <-wr.timer.C:
 		if time.Since(wr.lastFlush) >= maintenanceInterval {
@@ -596,7 +612,34 @@ func (wr *writer) idle() {
 		}
 	}
 	wr.timer.Stop()
+	if !woken {
+		return
+	}
+	// Linger: let records gather so one wake-up and one write carry many
+	// (cut short when the queue reaches urgent, or at shutdown).
+	l.mu.Lock()
+	if l.closed || l.count >= l.urgent {
+		l.mu.Unlock()
+		return
+	}
+	l.lingering = true
+	l.mu.Unlock()
+	wr.timer.Reset(linger)
+	select {
+	case <-l.wake:
+	case <-l.abandonCh:
+	case <-wr.timer.C:
+	}
+	wr.timer.Stop()
+	l.mu.Lock()
+	l.lingering = false
+	l.mu.Unlock()
 }
+
+// linger is how long the writer lets records gather after the first one
+// arrives at an idle queue: at most this much is added to logging latency,
+// never to DNS.
+const linger = 5 * time.Millisecond
 
 // maintenanceInterval is how often an idle writer still calls Flush.
 const maintenanceInterval = time.Second
