@@ -95,8 +95,8 @@ func TestPrivilegeDrop(t *testing.T) {
 	for time.Now().Before(deadline) {
 		askA(t, addr, "www.tapproxy.test.")
 		rotated, _ = filepath.Glob(file + ".2*")
-		if len(rotated) > 0 {
-			break
+		if _, err := os.Stat(file); err == nil && len(rotated) > 0 {
+			break // rotated, and the new file is open
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
