@@ -16,10 +16,10 @@ SMOKE_FUZZTIME ?= 5s
 # `make deps`. internal/testenv names the package when a tool is missing.
 DEBIAN_PACKAGES := unbound bind9 bind9-utils bind9-dnsutils knot-dnsutils dnsperf \
 	fstrm-bin golang-github-dnstap-golang-dnstap-cli dnstap-ldns dnsdist python3 \
-	iproute2 make gcc libc6-dev
+	iproute2 make gcc libc6-dev chromium shellcheck systemd dpkg python3-yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo deps test check fmt vet staticcheck unit fuzz fuzz-smoke bench clean
+.PHONY: help build demo deps test check fmt vet staticcheck unit fuzz fuzz-smoke bench clean packaging
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +36,10 @@ deps: ## Install the Debian 12 packages the tests need (as root; .ci/run does th
 
 # The race-enabled test run comes last so the output ends with go test's
 # ok/FAIL lines.
-test: check bench fuzz-smoke unit ## The whole CI check: check, every benchmark once, a short fuzz per target, then go test -race
+test: check packaging bench fuzz-smoke unit ## The whole CI check: check, packaging, every benchmark once, a short fuzz per target, then go test -race
+
+packaging: ## Build the .deb (install into a scratch root, systemd-analyze verify), the OpenWrt files and the cross-builds
+	bash packaging/test.sh
 
 check: fmt vet staticcheck ## gofmt, go vet and staticcheck only
 
