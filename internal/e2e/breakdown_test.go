@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dnstap "github.com/dnstap/golang-dnstap"
+	"github.com/miekg/dns"
+	"github.com/tapproxy/tapproxy/annotate"
+	"github.com/tapproxy/tapproxy/internal/testenv"
+	"github.com/tapproxy/tapproxy/listener"
+)
+
+// TestBreakdownIsTrue: the latency breakdown tapproxy logs is what really
+// happened. The test stops tapproxy (SIGSTOP) for a known interval while
+// queries arrive at a known pace, then lets it run: each query's logged
+// client-socket queue delay (kernel receive → worker read) must equal the
+// time it actually waited in the socket, and the logged upstream RTT must
+// equal the fake upstream's known answer delay, each within 5 % or 100 µs.
+func TestBreakdownIsTrue(t *testing.T) {
+	const (
+		upDelay = 40 * time.Millisecond // the fake upstream answers after this
+		n       = 8
+		pace    = 25 * time.Millisecond // queries arrive this far apart while stopped
+		tail    = 100 * time.Millisecond
+	)
+	// The fake upstream reads with kernel receive timestamps and records,
+	// per query ID, how long it really held the query (kernel receive →
+	// just before its reply is sent): timers on a busy machine overshoot,
+	// so the test compares with what happened, not with upDelay.
+	up, err := listener.ListenUDP(context.Background(), netip.MustParseAddrPort("127.0.0.1:0"), listener.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	var mu sync.Mutex
+	held := map[string]time.Duration{}
+	go func() {
+		in := listener.NewBatch(8, 1500)
+		r := up.NewReader(in)
+		for {
+			k, err := r.Read()
+			if err != nil {
+				return
+			}
+			for i := 0; i < k; i++ {
+				p := in.Pkts[i]
+				q := append([]byte(nil), p.Data()...)
+				to, kt := p.Peer, p.KernelTime
+				time.AfterFunc(upDelay, func() {
+					ans := testenv.Reply(q, dns.RcodeSuccess)
+					w := up.NewWriter(1)
+					out := listener.NewBatch(1, len(ans))
+					out.Pkts[0].N = copy(out.Pkts[0].Buf, ans)
+					out.Pkts[0].Peer = to
+					mu.Lock()
+					held[dtQuestion(q)] = time.Duration(time.Now().UnixNano() - kt)
+					mu.Unlock()
+					_, _ = w.Write(out.Pkts)
+				})
+			}
+		}
+	}()
+	fake := struct{ Addr netip.AddrPort }{up.LocalAddr()}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dns.fstrm")
+	port := testenv.FreePort(t, "udp")
+	tp := testenv.StartTapproxy(t, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", fake.Addr.String(),
+		"--workers", "1", "--dnstap-file", file, "--tcp=false")
+	srv := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+
+	type sent struct {
+		id uint16
+		at time.Time
+		c  *net.UDPConn
+	}
+	var qs []sent
+	if err := syscall.Kill(tp.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			_ = syscall.Kill(tp.PID, syscall.SIGCONT)
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := net.DialUDP("udp4", nil, srv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("q%d.breakdown.test.", i), dns.TypeA)
+		m.Id = uint16(0x4000 + i)
+		b, _ := m.Pack()
+		at := time.Now()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		qs = append(qs, sent{id: m.Id, at: at, c: c})
+		time.Sleep(pace)
+	}
+	time.Sleep(tail)
+	resumed := time.Now()
+	if err := syscall.Kill(tp.PID, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	buf := make([]byte, 512)
+	for _, q := range qs {
+		_ = q.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := q.c.Read(buf); err != nil {
+			t.Fatalf("query %#x: %v", q.id, err)
+		}
+	}
+	c := tp.Stop()
+	if c["answered"] != n {
+		t.Fatalf("answered %d of %d", c["answered"], n)
+	}
+
+	within := func(got, want time.Duration) bool {
+		tol := max(want/20, 100*time.Microsecond)
+		d := got - want
+		return d >= -tol && d <= tol
+	}
+	seen := 0
+	for _, r := range dtReadFile(t, file, true) {
+		if r.M.GetType() != dnstap.Message_CLIENT_QUERY {
+			continue
+		}
+		a, err := annotate.Parse(r.D.GetExtra())
+		if err != nil {
+			t.Fatalf("annotation %q: %v", r.D.GetExtra(), err)
+		}
+		id := dtIDOf(r.M.GetQueryMessage())
+		var q *sent
+		for i := range qs {
+			if qs[i].id == id {
+				q = &qs[i]
+			}
+		}
+		if q == nil {
+			t.Fatalf("record for unknown ID %#x", id)
+		}
+		seen++
+		// The kernel stamped the query when the client sent it: the
+		// process was stopped, so only the kernel could have.
+		kernel := dtQueryTime(r.M)
+		if d := kernel.Sub(q.at); d < -time.Millisecond || d > time.Millisecond {
+			t.Errorf("query %#x: kernel receive time %v is %v from the send time", id, kernel, d)
+		}
+		// It waited in the socket from then until the process ran again.
+		// The read happens just after SIGCONT, so the expected delay is
+		// measured to `resumed`; the resume itself takes well under the
+		// 5 % tolerance (at least 5 ms here).
+		wantQ := resumed.Sub(kernel)
+		if !within(time.Duration(a.QueueDelay), wantQ) {
+			t.Errorf("query %#x: logged queue delay %v, it waited %v", id, time.Duration(a.QueueDelay), wantQ)
+		}
+		mu.Lock()
+		// The upstream saw tapproxy's on-wire ID, so match on the
+		// question: each query has its own name.
+		h, ok := held[dtQuestion(r.M.GetQueryMessage())]
+		mu.Unlock()
+		if !ok {
+			t.Fatalf("query %#x never reached the upstream", id)
+		}
+		if !within(time.Duration(a.RTT), h) {
+			t.Errorf("query %#x: logged upstream RTT %v, the upstream held it %v", id, time.Duration(a.RTT), h)
+		}
+		if a.Total < a.QueueDelay+a.RTT || a.Proxy < 0 {
+			t.Errorf("query %#x: total %d < queue %d + rtt %d (proxy %d)", id, a.Total, a.QueueDelay, a.RTT, a.Proxy)
+		}
+	}
+	if seen != n {
+		t.Fatalf("found %d CLIENT_QUERY records, want %d", seen, n)
+	}
+}
