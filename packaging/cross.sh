@@ -14,25 +14,28 @@ mkdir -p "$out"
 budget=8000000
 version=$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)
 
-# name GOARCH GOARM GOMIPS
+# name GOARCH GOARM GOMIPS TAGS. Router targets use the small build
+# (-tags tapproxy_small: no Prometheus endpoint, no report command; see
+# cmd/tapproxy/small.go); the server build has everything.
 targets=(
-	"linux-amd64  amd64  -  -"
-	"linux-arm64  arm64  -  -"
-	"linux-armv7  arm    7  -"
-	"linux-mips   mips   -  softfloat"
-	"linux-mipsle mipsle -  softfloat"
+	"linux-amd64  amd64  -  -         -"
+	"linux-arm64  arm64  -  -         tapproxy_small"
+	"linux-armv7  arm    7  -         tapproxy_small"
+	"linux-mips   mips   -  softfloat tapproxy_small"
+	"linux-mipsle mipsle -  softfloat tapproxy_small"
 )
 
 failed=0
 over=0
 rows=()
 for t in "${targets[@]}"; do
-	read -r name goarch goarm gomips <<<"$t"
+	read -r name goarch goarm gomips tags <<<"$t"
 	bin="$out/tapproxy-$name"
 	env=(CGO_ENABLED=0 GOOS=linux GOARCH="$goarch")
 	[[ $goarm != - ]] && env+=(GOARM="$goarm")
 	[[ $gomips != - ]] && env+=(GOMIPS="$gomips")
-	if ! (cd "$repo" && env "${env[@]}" go build -trimpath -ldflags "-s -w -X main.version=$version" \
+	[[ $tags == - ]] && tags=""
+	if ! (cd "$repo" && env "${env[@]}" go build -tags "$tags" -trimpath -ldflags "-s -w -X main.version=$version" \
 		-o "$bin" ./cmd/tapproxy); then
 		rows+=("$(printf '%-14s %-40s %12s %8s  %s' "$name" "${env[*]:1}" - - "BUILD FAILED")")
 		failed=1
@@ -49,7 +52,7 @@ for t in "${targets[@]}"; do
 		failed=1
 	fi
 	mib=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')
-	rows+=("$(printf '%-14s %-40s %12d %8s  %s' "$name" "${env[*]:1}" "$bytes" "$mib" "$verdict")")
+	rows+=("$(printf '%-14s %-40s %12d %8s  %s' "$name" "${env[*]:1}${tags:+ -tags $tags}" "$bytes" "$mib" "$verdict")")
 done
 
 printf '%-14s %-40s %12s %8s  %s\n' target environment bytes MiB "budget 8 MB"

@@ -1,3 +1,5 @@
+//go:build !tapproxy_small
+
 package main
 
 import (

@@ -56,7 +56,7 @@ install -d "$data/usr/bin"
 if [[ -n ${TAPPROXY_BIN:-} ]]; then
 	install -m 0755 "$TAPPROXY_BIN" "$data/usr/bin/tapproxy"
 else
-	(cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=$goarch go build -trimpath \
+	(cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=$goarch go build -tags tapproxy_small -trimpath \
 		-ldflags "-s -w -X main.version=$VERSION" -o "$data/usr/bin/tapproxy" ./cmd/tapproxy)
 fi
 install -D -m 0755 "$here/files/tapproxy.init" "$data/etc/init.d/tapproxy"
