@@ -46,8 +46,9 @@ check: fmt vet staticcheck ## gofmt, go vet and staticcheck only
 fmt: ## Fail if any Go file is not gofmt-formatted
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt -l: these files need gofmt -w:"; echo "$$out"; exit 1; fi
 
-vet: ## go vet ./...
+vet: ## go vet ./... (and the small router build)
 	$(GO) vet ./...
+	$(GO) vet -tags tapproxy_small ./cmd/tapproxy
 
 staticcheck: ## staticcheck ./... (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)
 	@test -x "$(STATICCHECK)" || { echo "staticcheck not found; go install honnef.co/go/tools/cmd/staticcheck@v0.8.2"; exit 1; }
