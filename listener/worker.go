@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/dnswire"
+	"github.com/tapproxy/tapproxy/internal/faultinject"
 	"github.com/tapproxy/tapproxy/internal/txn"
 )
 
@@ -25,13 +26,17 @@ type QueryHandler interface {
 
 // Stats counts the fate of every datagram read on a client socket. Each
 // datagram lands in exactly one of DroppedShort, DroppedQR, RefusedACL,
-// DroppedACL, or Handled (passed to the QueryHandler, which counts on).
+// DroppedACL, DroppedPanic, or Handled (passed to the QueryHandler, which
+// counts on).
 type Stats struct {
 	Received     atomic.Uint64
 	DroppedShort atomic.Uint64 // shorter than the 12-byte header
 	DroppedQR    atomic.Uint64 // QR=1: a response sent to a server port (reflection)
 	RefusedACL   atomic.Uint64
 	DroppedACL   atomic.Uint64
+	// DroppedPanic: sorting the datagram panicked (a bug); recovered,
+	// dropped, logged at a limited rate.
+	DroppedPanic atomic.Uint64
 	Handled      atomic.Uint64
 }
 
@@ -62,6 +67,10 @@ type Worker struct {
 	q       dnswire.Question
 	tx      txn.Transaction
 	stats   Stats
+	panics  faultinject.PanicLog
+	// fault, set only by tests in this package, runs before each datagram
+	// is sorted (see internal/faultinject); nil otherwise.
+	fault func()
 }
 
 // NewWorker builds the worker for conn.
@@ -132,28 +141,7 @@ func (w *Worker) handle(n int, readTime int64) {
 	w.refIdx = w.refIdx[:0]
 	w.stats.Received.Add(uint64(n))
 	for i := 0; i < n; i++ {
-		p := &w.batch.Pkts[i]
-		if p.N < dnswire.HeaderLen {
-			w.stats.DroppedShort.Add(1)
-			continue
-		}
-		h, _ := dnswire.ParseHeader(p.Data())
-		if h.QR() {
-			// Never forward or answer responses: they are either
-			// misdirected or a reflection attempt.
-			w.stats.DroppedQR.Add(1)
-			continue
-		}
-		if !w.cfg.ACL.Allowed(p.Peer.Addr()) {
-			if w.cfg.ACL.Action() == ACLDrop {
-				w.stats.DroppedACL.Add(1)
-				continue
-			}
-			w.stats.RefusedACL.Add(1)
-			w.refIdx = append(w.refIdx, i)
-			continue
-		}
-		w.accepted = append(w.accepted, p)
+		w.admit(i)
 	}
 	if len(w.accepted) > 0 {
 		w.stats.Handled.Add(uint64(len(w.accepted)))
@@ -162,6 +150,45 @@ func (w *Worker) handle(n int, readTime int64) {
 	if len(w.refIdx) > 0 {
 		w.sendRefused(readTime)
 	}
+}
+
+// admit sorts datagram i of the batch into exactly one fate. A panic while
+// doing so (a bug tripped by hostile input) is recovered here, per datagram,
+// so that the rest of the batch and the worker go on; the datagram then
+// counts as DroppedPanic. Appending to accepted or refIdx is the last step,
+// so a recovered datagram is never also handed on.
+func (w *Worker) admit(i int) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.stats.DroppedPanic.Add(1)
+			w.panics.Report(w.cfg.Log, "listener.udp", v)
+		}
+	}()
+	if w.fault != nil {
+		w.fault()
+	}
+	p := &w.batch.Pkts[i]
+	if p.N < dnswire.HeaderLen {
+		w.stats.DroppedShort.Add(1)
+		return
+	}
+	h, _ := dnswire.ParseHeader(p.Data())
+	if h.QR() {
+		// Never forward or answer responses: they are either
+		// misdirected or a reflection attempt.
+		w.stats.DroppedQR.Add(1)
+		return
+	}
+	if !w.cfg.ACL.Allowed(p.Peer.Addr()) {
+		if w.cfg.ACL.Action() == ACLDrop {
+			w.stats.DroppedACL.Add(1)
+			return
+		}
+		w.stats.RefusedACL.Add(1)
+		w.refIdx = append(w.refIdx, i)
+		return
+	}
+	w.accepted = append(w.accepted, p)
 }
 
 // sendRefused answers ACL rejects with REFUSED: header and question only,

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tapproxy/tapproxy/internal/faultinject"
 	"github.com/tapproxy/tapproxy/internal/txn"
 )
 
@@ -66,7 +67,7 @@ type LoggerOptions struct {
 // Stats are the Logger's counters. Records are dnstap messages (frames).
 // Once the writer has finished (Done is closed),
 //
-//	Produced == Written + DroppedQueueFull + DroppedTooLarge + DroppedWriteError + DroppedShutdown
+//	Produced == Written + DroppedQueueFull + DroppedTooLarge + DroppedWriteError + DroppedShutdown + DroppedPanic
 //
 // Before that the difference is the records queued or being written.
 type Stats struct {
@@ -79,6 +80,7 @@ type Stats struct {
 	DroppedTooLarge   uint64 // dropped_too_large: frame above MaxFrameSize
 	DroppedWriteError uint64 // dropped_write_error: WriteFrame failed (not retried)
 	DroppedShutdown   uint64 // dropped_shutdown: still queued when the drain deadline passed, or submitted after Shutdown
+	DroppedPanic      uint64 // dropped_panic: encoding the transaction panicked (a bug); recovered, logged at a limited rate
 
 	Flushes     uint64 // successful FrameWriter.Flush calls
 	FlushErrors uint64 // failed Flush calls (frames the FrameWriter loses then are its to count)
@@ -86,7 +88,7 @@ type Stats struct {
 
 // Dropped returns the sum of the dropped_* counters.
 func (s Stats) Dropped() uint64 {
-	return s.DroppedQueueFull + s.DroppedTooLarge + s.DroppedWriteError + s.DroppedShutdown
+	return s.DroppedQueueFull + s.DroppedTooLarge + s.DroppedWriteError + s.DroppedShutdown + s.DroppedPanic
 }
 
 // ErrDrainTimeout is wrapped by Shutdown's error when its context ended
@@ -147,7 +149,11 @@ type Logger struct {
 
 	submitted, sampledOut, produced                   atomic.Uint64
 	written, dQueueFull, dTooLarge, dWriteErr, dShutd atomic.Uint64
-	flushes, flushErrs                                atomic.Uint64
+	dPanic, flushes, flushErrs                        atomic.Uint64
+	panics                                            faultinject.PanicLog
+	// fault, set only by tests in this package, runs in the writer
+	// goroutine before each transaction is encoded (internal/faultinject).
+	fault func(t *txn.Transaction)
 }
 
 // NewLogger returns a Logger that encodes with enc and writes to w. It
@@ -215,6 +221,7 @@ func (l *Logger) Stats() Stats {
 		DroppedTooLarge:   l.dTooLarge.Load(),
 		DroppedWriteError: l.dWriteErr.Load(),
 		DroppedShutdown:   l.dShutd.Load(),
+		DroppedPanic:      l.dPanic.Load(),
 		Flushes:           l.flushes.Load(),
 		FlushErrors:       l.flushErrs.Load(),
 	}
@@ -408,11 +415,11 @@ func (l *Logger) Shutdown(ctx context.Context) error {
 
 // dropTotals is what the last drop summary reported.
 type dropTotals struct {
-	queueFull, tooLarge, writeErr, shutdown, flushErr uint64
+	queueFull, tooLarge, writeErr, shutdown, panicked, flushErr uint64
 }
 
 func (l *Logger) dropTotals() dropTotals {
-	return dropTotals{l.dQueueFull.Load(), l.dTooLarge.Load(), l.dWriteErr.Load(), l.dShutd.Load(), l.flushErrs.Load()}
+	return dropTotals{l.dQueueFull.Load(), l.dTooLarge.Load(), l.dWriteErr.Load(), l.dShutd.Load(), l.dPanic.Load(), l.flushErrs.Load()}
 }
 
 // writer is the state of the writer goroutine.
@@ -451,7 +458,7 @@ func (l *Logger) writeLoop() {
 	l.log.Info("dnstap writer stopped", "produced", st.Produced, "written", st.Written,
 		"dropped_queue_full", st.DroppedQueueFull, "dropped_too_large", st.DroppedTooLarge,
 		"dropped_write_error", st.DroppedWriteError, "dropped_shutdown", st.DroppedShutdown,
-		"sampled_out", st.SampledOut, "close_error", l.closeErr)
+		"dropped_panic", st.DroppedPanic, "sampled_out", st.SampledOut, "close_error", l.closeErr)
 	close(l.done)
 }
 
@@ -488,7 +495,7 @@ func (wr *writer) loop() bool {
 
 		// The slot's arena bytes stay reserved until pop, and Submit only
 		// writes unreserved bytes, so reading them unlocked is safe.
-		wr.buf, wr.ends = l.enc.EncodeTransaction(wr.buf[:0], wr.ends[:0], &wr.t)
+		ok := wr.encode()
 		wr.t = txn.Transaction{}
 
 		l.mu.Lock()
@@ -496,7 +503,9 @@ func (wr *writer) loop() bool {
 		l.inHand = false
 		l.mu.Unlock()
 
-		if len(wr.ends) != want {
+		if !ok {
+			l.dPanic.Add(uint64(want))
+		} else if len(wr.ends) != want {
 			// Records and EncodeTransaction disagree: a bug, but keep the
 			// books balanced rather than lose track of records.
 			l.log.Error("dnstap encoder produced an unexpected record count", "want", want, "got", len(wr.ends))
@@ -513,6 +522,27 @@ func (wr *writer) loop() bool {
 		}
 		wr.summary(now, false)
 	}
+}
+
+// encode encodes wr.t into buf and ends. A panic while encoding (a bug
+// tripped by a hostile message) is recovered here, per transaction, so the
+// writer goroutine and dnstap output go on: nothing of the transaction is
+// written and ok is false (the caller counts its records dropped_panic).
+// No lock is held while encoding, so recovering leaves none held.
+func (wr *writer) encode() (ok bool) {
+	l := wr.l
+	defer func() {
+		if v := recover(); v != nil {
+			wr.buf, wr.ends = wr.buf[:0], wr.ends[:0]
+			l.panics.Report(l.log, "tap.encode", v)
+			ok = false
+		}
+	}()
+	if l.fault != nil {
+		l.fault(&wr.t)
+	}
+	wr.buf, wr.ends = l.enc.EncodeTransaction(wr.buf[:0], wr.ends[:0], &wr.t)
+	return true
 }
 
 // writeFrames writes the frames in buf, counting each one's fate once.
@@ -662,6 +692,7 @@ func (wr *writer) summary(now time.Time, final bool) {
 		"dropped_too_large", cur.tooLarge - p.tooLarge,
 		"dropped_write_error", cur.writeErr - p.writeErr,
 		"dropped_shutdown", cur.shutdown - p.shutdown,
+		"dropped_panic", cur.panicked - p.panicked,
 		"flush_errors", cur.flushErr - p.flushErr,
 	}
 	if wr.lastErr != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/dnswire"
+	"github.com/tapproxy/tapproxy/internal/faultinject"
 	"github.com/tapproxy/tapproxy/internal/txn"
 	"github.com/tapproxy/tapproxy/listener"
 )
@@ -123,6 +124,9 @@ type TCPStats struct {
 	XFR           atomic.Uint64 // AXFR/IXFR queries
 	XFRMessages   atomic.Uint64 // transfer messages relayed (part of RespMatched)
 	XFRLimited    atomic.Uint64 // of DroppedFull: MaxTransfers already running
+	// DroppedPanic: taking the query in panicked (a bug); recovered, its
+	// slot freed, nothing sent, the connection kept.
+	DroppedPanic atomic.Uint64
 
 	RespReceived         atomic.Uint64
 	RespMatched          atomic.Uint64
@@ -220,8 +224,12 @@ type TCPForwarder struct {
 	retryTokens int
 
 	stats  TCPStats
+	panics faultinject.PanicLog
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
+	// fault, set only by tests in this package, sees each query while it
+	// is taken in (internal/faultinject); nil otherwise.
+	fault func(msg []byte)
 }
 
 // NewTCPForwarder builds a forwarder; connections are dialled on demand.
@@ -367,31 +375,10 @@ func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTim
 	sl.forwarded, sl.writing, sl.releasePending, sl.relaying, sl.orphaned = false, false, false, false, false
 	sl.tries, sl.uc, sl.id, sl.tu = 0, nil, 0, nil
 	f.mu.Unlock()
-	// The rest is read only by whoever owns the slot, and the slot is ours
-	// until it is bound (under mu): fill it without the lock.
-	sl.client = c
-	sl.kernelT, sl.readT, sl.sentT = kernelTime, readTime, 0
-	sl.deadline = readTime + int64(f.cfg.Timeout)
-	sl.seq = f.cfg.Seq.Next()
-	if len(msg) <= len(sl.inl) {
-		sl.query = append(sl.inl[:0], msg...)
-	} else {
-		sl.query = append([]byte(nil), msg...)
+	u, ok, err := f.prepare(i, c, msg, kernelTime, readTime)
+	if !ok {
+		return // panicked: counted, slot freed, client told
 	}
-	sl.qok = dnswire.ParseQuestion(msg, &sl.q) == nil
-	sl.xfr = sl.qok && (sl.q.Type == typeAXFR || sl.q.Type == typeIXFR)
-	if !sl.qok {
-		f.stats.Malformed.Add(1)
-	}
-	if sl.xfr {
-		f.stats.XFR.Add(1)
-		sl.xs.reset(sl.q.Type == typeIXFR)
-	}
-	var qname []byte
-	if sl.qok {
-		qname = sl.q.NameBytes()
-	}
-	u, err := f.pool.Pick(qname)
 	if err != nil {
 		f.servfailAllDown(i)
 		return
@@ -413,6 +400,55 @@ func (f *TCPForwarder) HandleTCPQuery(c *listener.TCPConn, msg []byte, kernelTim
 	f.retryTokens = min(f.retryTokens+100, maxRetryTokens)
 	f.mu.Unlock()
 	f.send(i)
+}
+
+// prepare fills slot i, which the caller owns and which is bound to nothing
+// yet, and picks the query's upstream. It runs without mu. A panic here (a
+// bug tripped by a hostile query: this is where the query is parsed) is
+// recovered per query: the slot is freed, the query counts as DroppedPanic
+// (a tcp_handled fate), the client connection is told the query is done and
+// goes on serving, and ok is false.
+func (f *TCPForwarder) prepare(i int32, c *listener.TCPConn, msg []byte, kernelTime, readTime int64) (u *Upstream, ok bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			f.slots[i].xfr = false // it never held a transfer place
+			f.release(i)
+			f.stats.DroppedPanic.Add(1)
+			c.Finish()
+			f.panics.Report(f.cfg.Log, "upstream.tcp.query", v)
+			u, ok, err = nil, false, nil
+		}
+	}()
+	sl := &f.slots[i]
+	// The rest is read only by whoever owns the slot, and the slot is ours
+	// until it is bound (under mu): fill it without the lock.
+	sl.client = c
+	sl.kernelT, sl.readT, sl.sentT = kernelTime, readTime, 0
+	sl.deadline = readTime + int64(f.cfg.Timeout)
+	sl.seq = f.cfg.Seq.Next()
+	if len(msg) <= len(sl.inl) {
+		sl.query = append(sl.inl[:0], msg...)
+	} else {
+		sl.query = append([]byte(nil), msg...)
+	}
+	sl.qok = dnswire.ParseQuestion(msg, &sl.q) == nil
+	sl.xfr = sl.qok && (sl.q.Type == typeAXFR || sl.q.Type == typeIXFR)
+	if !sl.qok {
+		f.stats.Malformed.Add(1)
+	}
+	if sl.xfr {
+		f.stats.XFR.Add(1)
+		sl.xs.reset(sl.q.Type == typeIXFR)
+	}
+	if f.fault != nil {
+		f.fault(msg)
+	}
+	var qname []byte
+	if sl.qok {
+		qname = sl.q.NameBytes()
+	}
+	u, err = f.pool.Pick(qname)
+	return u, true, err
 }
 
 // assignLocked makes tu the upstream of slot sl's current try: the query

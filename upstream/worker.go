@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tapproxy/tapproxy/internal/dnswire"
+	"github.com/tapproxy/tapproxy/internal/faultinject"
 	"github.com/tapproxy/tapproxy/internal/txn"
 	"github.com/tapproxy/tapproxy/listener"
 )
@@ -55,10 +56,11 @@ const (
 
 // Stats counts what happens to forwarded queries and to every datagram read
 // on upstream sockets. For queries handed in: Forwarded + DroppedFull +
-// SendFailed + ServfailAllDown + LoopDetected; for forwarded ones: Answered + TimedOut + ReplyFailed +
-// in flight. For upstream datagrams: RespReceived = RespMatched + RespShort +
-// RespNotResponse + RespWrongSource + RespUnknownID + RespLate +
-// RespQuestionMismatch.
+// SendFailed + ServfailAllDown + LoopDetected + DroppedPanic; for forwarded
+// ones: Answered + TimedOut + ReplyFailed + in flight. For upstream
+// datagrams: RespReceived = RespMatched + RespShort + RespNotResponse +
+// RespWrongSource + RespUnknownID + RespLate + RespQuestionMismatch +
+// RespPanic.
 type Stats struct {
 	Forwarded    atomic.Uint64
 	Malformed    atomic.Uint64 // forwarded queries whose question did not parse (a flag, not a fate)
@@ -71,6 +73,9 @@ type Stats struct {
 	// Answered at once with SERVFAIL, nothing sent upstream.
 	ServfailAllDown atomic.Uint64
 	LoopDetected    atomic.Uint64
+	// DroppedPanic: taking the query in panicked (a bug); recovered,
+	// its slot freed, nothing sent, logged at a limited rate.
+	DroppedPanic atomic.Uint64
 	// Failovers: queries re-sent to another upstream after a fast failure
 	// (ICMP unreachable); RetriesDenied: those the retry budget refused.
 	Failovers     atomic.Uint64
@@ -84,6 +89,9 @@ type Stats struct {
 	RespUnknownID        atomic.Uint64
 	RespLate             atomic.Uint64
 	RespQuestionMismatch atomic.Uint64
+	// RespPanic: classifying the datagram panicked (a bug); recovered and
+	// dropped, the query it might answer stays in flight.
+	RespPanic atomic.Uint64
 	// RespShort includes datagrams larger than the receive buffer
 	// (impossible for UDP/IP; kept so such a fate is never silent).
 	RespReadErrors atomic.Uint64 // socket errors (ICMP unreachable → ECONNREFUSED)
@@ -136,7 +144,14 @@ type Worker struct {
 	tx     txn.Transaction
 
 	stats Stats
-	wg    sync.WaitGroup
+	// Recovered panics are reported per loop, so one loop's flood cannot
+	// hide another's.
+	panicsQ, panicsR faultinject.PanicLog
+	wg               sync.WaitGroup
+	// faultQuery and faultResp, set only by tests in this package, see
+	// each query while it is taken in (slot allocated, mu held) and each
+	// upstream datagram before it is classified (internal/faultinject).
+	faultQuery, faultResp func(data []byte)
 }
 
 // NewWorker opens the upstream sockets for one client socket.
@@ -283,65 +298,7 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 	deadline := now + int64(w.cfg.Timeout)
 	w.mu.Lock()
 	for k, p := range pkts {
-		if w.cfg.Loop != nil && w.cfg.Loop.Has(p.Peer) {
-			// Our own upstream socket asked us: forwarding would loop
-			// until the in-flight tables fill. Answer SERVFAIL once.
-			w.stats.LoopDetected.Add(1)
-			w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailLoop)
-			continue
-		}
-		i := w.tab.alloc()
-		if i < 0 {
-			w.stats.DroppedFull.Add(1)
-			continue
-		}
-		sl := &w.tab.slots[i]
-		data := p.Data()
-		sl.qok = dnswire.ParseQuestion(data, &sl.q) == nil
-		var qname []byte
-		if sl.qok {
-			qname = sl.q.NameBytes()
-		}
-		u, err := w.cfg.Pool.Pick(qname)
-		if err != nil {
-			w.tab.release(i)
-			w.stats.ServfailAllDown.Add(1)
-			w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailAllDown)
-			continue
-		}
-		if !sl.qok {
-			w.stats.Malformed.Add(1)
-		}
-		if len(data) <= len(sl.inl) {
-			sl.query = append(sl.inl[:0], data...)
-		} else {
-			sl.query = append([]byte(nil), data...)
-		}
-		si := w.pickSocket(u.index)
-		id := w.freeID(si)
-		w.tab.bind(i, si, id)
-		s := w.socks[si]
-		sl.retried = false
-		sl.seq = w.cfg.Seq.Next()
-		sl.deadline = deadline
-		sl.client = p.Peer
-		sl.local = listener.LocalAddrPort(w.client, p)
-		sl.ifindex = p.IfIndex
-		sl.kernelT, sl.readT, sl.sentT = p.KernelTime, readTime, now
-		sl.upLocal = s.local
-		u.InFlight.Add(1)
-		u.Queries.Add(1)
-		w.retryTokens = min(w.retryTokens+100, maxRetryTokens)
-		dnswire.SetID(data, id)
-		out := listener.Packet{Buf: p.Buf, N: p.N}
-		if s.heads != nil {
-			n := len(s.out)
-			out.Head = AppendProxyV2(s.heads[n*MaxProxyV2Header:n*MaxProxyV2Header], sl.client, sl.local, false)
-		}
-		// Remember which slot this outgoing packet belongs to through
-		// its IfIndex field, unused on connected sockets.
-		out.IfIndex = uint32(i)
-		s.out = append(s.out, out)
+		w.admitLocked(k, p, now, deadline, readTime)
 	}
 	w.mu.Unlock()
 
@@ -364,6 +321,93 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 	if len(w.immIdx) > 0 {
 		w.answerNow(pkts, readTime)
 	}
+}
+
+// admitLocked takes query k in: a slot, an upstream, a socket, a fresh ID,
+// and a place in that socket's outgoing batch (or an immediate SERVFAIL, or
+// a drop). Called with mu held. A panic (a bug tripped by hostile input) is
+// recovered here, per query, with mu still held by the caller: the slot, if
+// one was taken, is unbound and freed, and the query counts as DroppedPanic.
+// Appending to an outgoing batch and counting the upstream's in-flight
+// query are the last steps, so a recovered query is never also sent.
+func (w *Worker) admitLocked(k int, p *listener.Packet, now, deadline, readTime int64) {
+	i := int32(-1)
+	defer func() {
+		if v := recover(); v != nil {
+			if i >= 0 {
+				if w.tab.slots[i].state == slotPending {
+					w.tab.detach(i, false)
+				}
+				w.tab.release(i)
+			}
+			w.stats.DroppedPanic.Add(1)
+			w.panicsQ.Report(w.cfg.Log, "upstream.udp.query", v)
+		}
+	}()
+	if w.cfg.Loop != nil && w.cfg.Loop.Has(p.Peer) {
+		// Our own upstream socket asked us: forwarding would loop
+		// until the in-flight tables fill. Answer SERVFAIL once.
+		w.stats.LoopDetected.Add(1)
+		w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailLoop)
+		return
+	}
+	i = w.tab.alloc()
+	if i < 0 {
+		w.stats.DroppedFull.Add(1)
+		return
+	}
+	sl := &w.tab.slots[i]
+	data := p.Data()
+	sl.qok = dnswire.ParseQuestion(data, &sl.q) == nil
+	if w.faultQuery != nil {
+		w.faultQuery(data)
+	}
+	var qname []byte
+	if sl.qok {
+		qname = sl.q.NameBytes()
+	}
+	u, err := w.cfg.Pool.Pick(qname)
+	if err != nil {
+		w.tab.release(i)
+		i = -1
+		w.stats.ServfailAllDown.Add(1)
+		w.immIdx, w.immWhy = append(w.immIdx, k), append(w.immWhy, txn.ServfailAllDown)
+		return
+	}
+	if len(data) <= len(sl.inl) {
+		sl.query = append(sl.inl[:0], data...)
+	} else {
+		sl.query = append([]byte(nil), data...)
+	}
+	si := w.pickSocket(u.index)
+	id := w.freeID(si)
+	w.tab.bind(i, si, id)
+	s := w.socks[si]
+	sl.retried = false
+	sl.seq = w.cfg.Seq.Next()
+	sl.deadline = deadline
+	sl.client = p.Peer
+	sl.local = listener.LocalAddrPort(w.client, p)
+	sl.ifindex = p.IfIndex
+	sl.kernelT, sl.readT, sl.sentT = p.KernelTime, readTime, now
+	sl.upLocal = s.local
+	out := listener.Packet{Buf: p.Buf, N: p.N}
+	if s.heads != nil {
+		n := len(s.out)
+		out.Head = AppendProxyV2(s.heads[n*MaxProxyV2Header:n*MaxProxyV2Header], sl.client, sl.local, false)
+	}
+	// Remember which slot this outgoing packet belongs to through
+	// its IfIndex field, unused on connected sockets.
+	out.IfIndex = uint32(i)
+	// Nothing below can panic: the query is now committed.
+	if !sl.qok {
+		w.stats.Malformed.Add(1)
+	}
+	u.InFlight.Add(1)
+	u.Queries.Add(1)
+	w.retryTokens = min(w.retryTokens+100, maxRetryTokens)
+	dnswire.SetID(data, id)
+	s.out = append(s.out, out)
 }
 
 // pickSocket returns a random socket of upstream u. Called with mu held.
@@ -517,7 +561,7 @@ func (w *Worker) readLoop(ctx context.Context, si int) {
 		w.mu.Lock()
 		for k := 0; k < n; k++ {
 			p := &batch.Pkts[k]
-			i := w.classify(si, p, &q)
+			i := w.classifySafe(si, p, &q)
 			if i < 0 {
 				continue
 			}
@@ -570,6 +614,24 @@ func (w *Worker) readLoop(ctx context.Context, si int) {
 		}
 		w.mu.Unlock()
 	}
+}
+
+// classifySafe is classify with a panic (a bug tripped by a hostile
+// datagram) recovered per datagram, mu still held by the caller: the
+// datagram counts as RespPanic and is dropped. classify counts a fate only
+// as its last step, so a recovered datagram is counted once.
+func (w *Worker) classifySafe(si int, p *listener.Packet, q *dnswire.Question) (i int32) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.stats.RespPanic.Add(1)
+			w.panicsR.Report(w.cfg.Log, "upstream.udp.response", v)
+			i = -1
+		}
+	}()
+	if w.faultResp != nil {
+		w.faultResp(p.Data())
+	}
+	return w.classify(si, p, q)
 }
 
 // classify decides whether p is an acceptable answer on socket si and

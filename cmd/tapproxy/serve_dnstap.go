@@ -172,7 +172,7 @@ func (o *dnstapOutput) attrs() []any {
 		"dnstap_submitted", s.Submitted, "dnstap_sampled_out", s.SampledOut, "dnstap_produced", s.Produced,
 		"dnstap_written", s.Written, "dnstap_dropped_queue_full", s.DroppedQueueFull,
 		"dnstap_dropped_too_large", s.DroppedTooLarge, "dnstap_dropped_write_error", s.DroppedWriteError,
-		"dnstap_dropped_shutdown", s.DroppedShutdown,
+		"dnstap_dropped_shutdown", s.DroppedShutdown, "dnstap_dropped_panic", s.DroppedPanic,
 	}
 	switch {
 	case o.file != nil:

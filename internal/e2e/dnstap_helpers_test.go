@@ -50,7 +50,7 @@ const dtIdentity = "e2e-dnstap"
 // dnstap_written they account for every record produced (tap/doc.go).
 var dtDroppedKeys = []string{
 	"dnstap_dropped_queue_full", "dnstap_dropped_too_large",
-	"dnstap_dropped_write_error", "dnstap_dropped_shutdown",
+	"dnstap_dropped_write_error", "dnstap_dropped_shutdown", "dnstap_dropped_panic",
 }
 
 // dtCheckInvariant checks the dnstap accounting of a final counters line:

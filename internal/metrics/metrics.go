@@ -87,6 +87,9 @@ var serverHelp = map[string]string{
 	"resp_late":              "Upstream responses to a query that had already timed out: dropped.",
 	"resp_question_mismatch": "Upstream responses whose question differs from the query's: dropped.",
 	"resp_read_errors":       "Read errors on upstream sockets (informational).",
+	"dropped_panic":          "Client queries dropped because handling them panicked (a bug; recovered, logged with the stack).",
+	"resp_panic":             "Upstream datagrams dropped because classifying them panicked (a bug; recovered, logged with the stack).",
+	"panics":                 "Recovered panics on the DNS path, UDP and TCP (informational; each also counts in a *_panic fate).",
 	"kernel_drops":           "Datagrams the kernel dropped on a full socket receive queue (SO_RXQ_OVFL), summed over all client and upstream UDP sockets.",
 }
 
@@ -221,7 +224,7 @@ func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 
 // DnstapDropReasons are the reason label values of
 // tapproxy_dnstap_records_dropped_total, in tap.Stats order.
-var DnstapDropReasons = []string{"queue_full", "too_large", "write_error", "shutdown"}
+var DnstapDropReasons = []string{"queue_full", "too_large", "write_error", "shutdown", "panic"}
 
 // tapCollector exports tap.Logger's Stats and the output's state.
 type tapCollector struct {
@@ -242,7 +245,7 @@ func newTapCollector(stats func() tap.Stats, sink func() SinkState) *tapCollecto
 		c.sampled = d("sampled_out_total", "Transactions skipped by --dnstap-sample (no records produced).")
 		c.produced = d("records_produced_total", "dnstap records produced (written + dropped + queued).")
 		c.written = d("records_written_total", "dnstap records accepted by the output.")
-		c.dropped = d("records_dropped_total", "dnstap records dropped, by reason: queue_full (the queue had no room), too_large (frame above the size limit), write_error (the output refused it), shutdown (still queued at the drain deadline).", "reason")
+		c.dropped = d("records_dropped_total", "dnstap records dropped, by reason: queue_full (the queue had no room), too_large (frame above the size limit), write_error (the output refused it), shutdown (still queued at the drain deadline), panic (encoding it panicked: a bug, recovered).", "reason")
 		c.flushes = d("flushes_total", "Successful flushes of the dnstap output.")
 		c.flushErrs = d("flush_errors_total", "Failed flushes of the dnstap output.")
 	}
@@ -278,7 +281,7 @@ func (c *tapCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sampled, cv, float64(s.SampledOut))
 		ch <- prometheus.MustNewConstMetric(c.produced, cv, float64(s.Produced))
 		ch <- prometheus.MustNewConstMetric(c.written, cv, float64(s.Written))
-		for i, v := range []uint64{s.DroppedQueueFull, s.DroppedTooLarge, s.DroppedWriteError, s.DroppedShutdown} {
+		for i, v := range []uint64{s.DroppedQueueFull, s.DroppedTooLarge, s.DroppedWriteError, s.DroppedShutdown, s.DroppedPanic} {
 			ch <- prometheus.MustNewConstMetric(c.dropped, cv, float64(v), DnstapDropReasons[i])
 		}
 		ch <- prometheus.MustNewConstMetric(c.flushes, cv, float64(s.Flushes))

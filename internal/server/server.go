@@ -293,7 +293,11 @@ type Counters struct {
 	RespReceived, RespMatched, RespShort, RespNotResponse          uint64
 	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
 	RespReadErrors, KernelDrops, InFlight                          uint64
-	TCP                                                            TCPCounters // tcp.go
+	// DroppedPanic (a client fate) and RespPanic (a response fate): a
+	// recovered panic (a bug) ended the datagram; Panics counts every
+	// recovered panic on the DNS path, UDP and TCP (informational).
+	DroppedPanic, RespPanic, Panics uint64
+	TCP                             TCPCounters // tcp.go
 }
 
 // Counters sums the workers' counters.
@@ -327,6 +331,8 @@ func (s *Server) Counters() Counters {
 		c.RespLate += u.RespLate.Load()
 		c.RespQuestionMismatch += u.RespQuestionMismatch.Load()
 		c.RespReadErrors += u.RespReadErrors.Load()
+		c.DroppedPanic += l.DroppedPanic.Load() + u.DroppedPanic.Load()
+		c.RespPanic += u.RespPanic.Load()
 		c.KernelDrops += uint64(p.lw.Conn().KernelDrops())
 		for _, uc := range p.uw.Sockets() {
 			c.KernelDrops += uint64(uc.KernelDrops())
@@ -334,6 +340,7 @@ func (s *Server) Counters() Counters {
 		c.InFlight += uint64(p.uw.InFlight())
 	}
 	c.TCP = s.tcpCounters() // tcp.go
+	c.Panics = c.DroppedPanic + c.RespPanic + c.TCP.DroppedPanic
 	return c
 }
 
@@ -353,6 +360,7 @@ func (c Counters) Attrs() []any {
 		"resp_unknown_id", c.RespUnknownID, "resp_late", c.RespLate,
 		"resp_question_mismatch", c.RespQuestionMismatch, "resp_read_errors", c.RespReadErrors,
 		"kernel_drops", c.KernelDrops,
+		"dropped_panic", c.DroppedPanic, "resp_panic", c.RespPanic, "panics", c.Panics,
 	}
 	return append(a, c.TCP.attrs()...) // tcp_* keys (tcp.go)
 }
@@ -361,13 +369,13 @@ func (c Counters) Attrs() []any {
 // fate). It returns nil when they hold; in flight queries count as pending.
 func (c Counters) Check() error {
 	var errs []error
-	if got := c.DroppedShort + c.DroppedQR + c.RefusedACL + c.DroppedACL + c.DroppedInflightFull + c.SendFailed + c.Forwarded + c.ServfailAllDown + c.LoopDetected; got != c.Received {
+	if got := c.DroppedShort + c.DroppedQR + c.RefusedACL + c.DroppedACL + c.DroppedInflightFull + c.SendFailed + c.Forwarded + c.ServfailAllDown + c.LoopDetected + c.DroppedPanic; got != c.Received {
 		errs = append(errs, fmt.Errorf("received %d != sum of client fates %d", c.Received, got))
 	}
 	if got := c.Answered + c.TimedOut + c.ReplyFailed + c.InFlight; got != c.Forwarded {
 		errs = append(errs, fmt.Errorf("forwarded %d != answered+timed_out+reply_failed+in_flight %d", c.Forwarded, got))
 	}
-	if got := c.RespMatched + c.RespShort + c.RespNotResponse + c.RespWrongSource + c.RespUnknownID + c.RespLate + c.RespQuestionMismatch; got != c.RespReceived {
+	if got := c.RespMatched + c.RespShort + c.RespNotResponse + c.RespWrongSource + c.RespUnknownID + c.RespLate + c.RespQuestionMismatch + c.RespPanic; got != c.RespReceived {
 		errs = append(errs, fmt.Errorf("resp_received %d != sum of response fates %d", c.RespReceived, got))
 	}
 	errs = append(errs, c.TCP.check()) // tcp.go

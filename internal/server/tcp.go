@@ -129,7 +129,7 @@ type TCPCounters struct {
 
 	DroppedInflightFull, SendFailed, Forwarded, Malformed, Answered uint64
 	TimedOut, ServfailSent, ReplyFailed, UpstreamClosed, Retried    uint64
-	ServfailAllDown, Failovers, RetriesDenied                       uint64
+	ServfailAllDown, Failovers, RetriesDenied, DroppedPanic         uint64
 	InFlight, Unsent, XFR, XFRMessages, XFRLimited                  uint64
 	RespReceived, RespMatched, RespShort, RespNotResponse           uint64
 	RespUnknownID, RespLate, RespQuestionMismatch                   uint64
@@ -171,6 +171,7 @@ func (s *Server) tcpCounters() TCPCounters {
 	c.ServfailAllDown = u.ServfailAllDown.Load()
 	c.Failovers = u.Failovers.Load()
 	c.RetriesDenied = u.RetriesDenied.Load()
+	c.DroppedPanic = u.DroppedPanic.Load()
 	inflight, unsent := s.tcp.fwd.InFlight()
 	c.InFlight, c.Unsent = uint64(inflight), uint64(unsent)
 	c.XFR = u.XFR.Load()
@@ -212,6 +213,7 @@ func (c TCPCounters) attrs() []any {
 		"tcp_timed_out", c.TimedOut, "tcp_servfail_sent", c.ServfailSent, "tcp_reply_failed", c.ReplyFailed,
 		"tcp_upstream_closed", c.UpstreamClosed, "tcp_retried", c.Retried,
 		"tcp_servfail_all_down", c.ServfailAllDown, "tcp_failovers", c.Failovers, "tcp_retries_denied", c.RetriesDenied,
+		"tcp_dropped_panic", c.DroppedPanic,
 		"tcp_in_flight", c.InFlight, "tcp_unsent", c.Unsent, "tcp_xfr", c.XFR, "tcp_xfr_messages", c.XFRMessages, "tcp_xfr_limited", c.XFRLimited,
 		"tcp_resp_received", c.RespReceived, "tcp_resp_matched", c.RespMatched, "tcp_resp_short", c.RespShort,
 		"tcp_resp_not_response", c.RespNotResponse, "tcp_resp_unknown_id", c.RespUnknownID,
@@ -238,7 +240,7 @@ func sum(v []uint64) uint64 {
 //
 //	tcp_accepted = tcp_refused_acl + tcp_rejected_max_conns + tcp_rejected_per_ip + Σtcp_closed_* + tcp_open
 //	tcp_received = tcp_dropped_qr + tcp_handled
-//	tcp_handled = tcp_dropped_inflight_full + tcp_send_failed + tcp_servfail_all_down + tcp_forwarded + tcp_unsent
+//	tcp_handled = tcp_dropped_inflight_full + tcp_send_failed + tcp_servfail_all_down + tcp_dropped_panic + tcp_forwarded + tcp_unsent
 //	tcp_forwarded = tcp_answered + tcp_timed_out + tcp_reply_failed + tcp_upstream_closed + (tcp_in_flight - tcp_unsent)
 //	tcp_resp_received = tcp_resp_matched + tcp_resp_short + tcp_resp_not_response + tcp_resp_unknown_id + tcp_resp_late + tcp_resp_question_mismatch
 //	tcp_up_dialed = Σtcp_up_closed_* + tcp_up_open
@@ -250,8 +252,8 @@ func (c TCPCounters) check() error {
 	if got := c.DroppedQR + c.Handled; got != c.Received {
 		errs = append(errs, fmt.Errorf("tcp_received %d != tcp_dropped_qr+tcp_handled %d", c.Received, got))
 	}
-	if got := c.DroppedInflightFull + c.SendFailed + c.ServfailAllDown + c.Forwarded + c.Unsent; got != c.Handled {
-		errs = append(errs, fmt.Errorf("tcp_handled %d != dropped_inflight_full+send_failed+servfail_all_down+forwarded+unsent %d", c.Handled, got))
+	if got := c.DroppedInflightFull + c.SendFailed + c.ServfailAllDown + c.DroppedPanic + c.Forwarded + c.Unsent; got != c.Handled {
+		errs = append(errs, fmt.Errorf("tcp_handled %d != dropped_inflight_full+send_failed+servfail_all_down+dropped_panic+forwarded+unsent %d", c.Handled, got))
 	}
 	if got := c.Answered + c.TimedOut + c.ReplyFailed + c.UpstreamClosed + c.InFlight - c.Unsent; got != c.Forwarded {
 		errs = append(errs, fmt.Errorf("tcp_forwarded %d != answered+timed_out+reply_failed+upstream_closed+in_flight-unsent %d", c.Forwarded, got))

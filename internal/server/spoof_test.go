@@ -1,0 +1,313 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/tapproxy/tapproxy/internal/txn"
+	"github.com/tapproxy/tapproxy/upstream"
+)
+
+// reflectAnswer is q with QR set: what the test upstreams answer.
+func reflectAnswer(q []byte) []byte {
+	r := append([]byte(nil), q...)
+	r[2] |= 0x80
+	return r
+}
+
+// idUpstream answers every query with reflectAnswer, and records each
+// query's upstream-leg ID and source port. Before each genuine answer it
+// calls forge (when set) with the query and its source, from the reader
+// goroutine, so forged packets race the genuine answer from the same
+// address and port.
+type idUpstream struct {
+	conn  *net.UDPConn
+	mu    sync.Mutex
+	ids   []uint16
+	ports map[uint16]int
+	forge func(q []byte, from netip.AddrPort)
+}
+
+func startIDUpstream(t *testing.T, forge func(c *net.UDPConn, q []byte, from netip.AddrPort)) *idUpstream {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &idUpstream{conn: c, ports: map[uint16]int{}}
+	if forge != nil {
+		u.forge = func(q []byte, from netip.AddrPort) { forge(c, q, from) }
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { c.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n < 12 {
+				continue
+			}
+			q := buf[:n]
+			u.mu.Lock()
+			u.ids = append(u.ids, binary.BigEndian.Uint16(q))
+			u.ports[from.Port()]++
+			u.mu.Unlock()
+			if u.forge != nil {
+				u.forge(q, from)
+			}
+			_, _ = c.WriteToUDPAddrPort(reflectAnswer(q), from)
+		}
+	}()
+	return u
+}
+
+func (u *idUpstream) addr() netip.AddrPort { return u.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// askWindowed sends n copies of q (all with the same client ID) keeping at
+// most window outstanding, and returns every answer. A read deadline only
+// guards against a hang.
+func askWindowed(t *testing.T, to netip.AddrPort, q []byte, n, window int, check func(r []byte)) {
+	t.Helper()
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 65536)
+	sent, got := 0, 0
+	for got < n {
+		for sent < n && sent-got < window {
+			if _, err := c.Write(q); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		m, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d answers: %v", got, n, err)
+		}
+		check(buf[:m])
+		got++
+	}
+}
+
+// chiSquare256 returns the chi-square statistic of v over 256 equal buckets.
+func chiSquare256(v []uint16, bucket func(uint16) int) float64 {
+	var counts [256]float64
+	for _, x := range v {
+		counts[bucket(x)]++
+	}
+	e := float64(len(v)) / 256
+	var chi float64
+	for _, o := range counts {
+		chi += (o - e) * (o - e) / e
+	}
+	return chi
+}
+
+// chiThreshold is the chi-square value with 255 degrees of freedom that a
+// uniform source exceeds with probability about 1e-9 (Wilson–Hilferty,
+// z = 6): a correct implementation fails this test practically never.
+func chiThreshold() float64 {
+	const k, z = 255.0, 6.0
+	a := 2 / (9 * k)
+	return k * math.Pow(1-a+z*math.Sqrt(a), 3)
+}
+
+// TestUpstreamIDsUniform: 100 000 queries, every one with the same client
+// ID, leave tapproxy with upstream IDs whose high byte, low byte and
+// successive differences are uniform (RFC 5452 §9.2: IDs unpredictable).
+// Source ports are NOT per query: each worker has SocketsPerUpstream
+// sockets with kernel-chosen ports; the test reports and checks that, and
+// claims nothing more.
+func TestUpstreamIDsUniform(t *testing.T) {
+	up := startIDUpstream(t, nil)
+	const sockets = 4
+	s, stop := startServer(t, up.addr(), nil, func(c *Config) {
+		c.Upstream = upstream.Config{Timeout: 5 * time.Second, SocketsPerUpstream: sockets}
+	})
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.test.", dns.TypeA)
+	m.Id = 0x4242
+	q, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100_000
+	want := reflectAnswer(q)
+	askWindowed(t, s.Addrs()[0], q, n, 64, func(r []byte) {
+		if !bytes.Equal(r, want) {
+			t.Fatalf("answer %x, want %x", r, want)
+		}
+	})
+	c := stop()
+	if err := c.Check(); err != nil {
+		t.Fatal(err)
+	}
+	up.mu.Lock()
+	ids := append([]uint16(nil), up.ids...)
+	ports := len(up.ports)
+	up.mu.Unlock()
+	if len(ids) != n {
+		t.Fatalf("upstream saw %d queries, want %d", len(ids), n)
+	}
+	diffs := make([]uint16, len(ids)-1)
+	distinct := map[uint16]bool{}
+	for i := range ids {
+		distinct[ids[i]] = true
+		if i > 0 {
+			diffs[i-1] = ids[i] - ids[i-1]
+		}
+	}
+	limit := chiThreshold()
+	for _, tc := range []struct {
+		name   string
+		v      []uint16
+		bucket func(uint16) int
+	}{
+		{"high byte", ids, func(x uint16) int { return int(x >> 8) }},
+		{"low byte", ids, func(x uint16) int { return int(x & 0xff) }},
+		{"successive difference, high byte", diffs, func(x uint16) int { return int(x >> 8) }},
+		{"successive difference, low byte", diffs, func(x uint16) int { return int(x & 0xff) }},
+	} {
+		chi := chiSquare256(tc.v, tc.bucket)
+		t.Logf("upstream IDs, %s: chi-square %.1f (255 df, limit %.1f)", tc.name, chi, limit)
+		if chi > limit {
+			t.Errorf("upstream IDs, %s: chi-square %.1f above %.1f: not uniform", tc.name, chi, limit)
+		}
+	}
+	// 100 000 draws from 65 536 values leave about 65536·(1-e^(-100000/65536))
+	// ≈ 51 600 distinct; far fewer means a small or biased generator.
+	t.Logf("upstream IDs: %d distinct of %d; source ports: %d distinct (sockets per worker: %d, kernel-chosen, reused across queries)",
+		len(distinct), n, ports, sockets)
+	if len(distinct) < 50_000 {
+		t.Errorf("only %d distinct IDs in %d queries", len(distinct), n)
+	}
+	if ports != sockets {
+		t.Errorf("queries came from %d source ports, want the %d upstream sockets", ports, sockets)
+	}
+}
+
+// checkSink checks every transaction as it is submitted: an answered one
+// must carry the genuine (reflected) answer, never a forged one.
+type checkSink struct {
+	answered, forged, bad atomic.Uint64
+}
+
+var forgedName = []byte("\x06forged")
+
+func (s *checkSink) Submit(t *txn.Transaction) {
+	if t.Outcome != txn.Answered {
+		return
+	}
+	s.answered.Add(1)
+	switch {
+	case bytes.Contains(t.Response, forgedName):
+		s.forged.Add(1)
+	case len(t.Response) != len(t.Query) || !bytes.Equal(t.Response[3:], t.Query[3:]) || !bytes.Equal(t.Response[:2], t.Query[:2]):
+		s.bad.Add(1)
+	}
+}
+
+// TestForgedAnswersNeverDelivered: while real queries flow, a forger with
+// the upstream's own address and port (it sends through the upstream's
+// socket) fires forged answers at tapproxy's upstream sockets (whose ports
+// it learns from the queries: stronger than spraying random ports, where
+// packets to closed ports die in the kernel) with random IDs, before every
+// genuine answer. No forged answer reaches a client or the log as a
+// response, every real query is answered, and every forged datagram is
+// counted as resp_unknown_id, resp_question_mismatch or resp_late (or
+// dropped by the kernel on a full socket, counted in kernel_drops).
+//
+// Runs on loopback, in-process: a network-namespace pair would need root,
+// and tests must run (and pass) without it.
+func TestForgedAnswersNeverDelivered(t *testing.T) {
+	const perQuery = 10 // forged answers per genuine one
+	var forgedSent atomic.Uint64
+	rng := rand.New(rand.NewPCG(1, 2))
+	fm := new(dns.Msg)
+	fm.SetQuestion("forged.example.test.", dns.TypeA)
+	fm.Response = true
+	fm.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "forged.example.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 3600},
+		A: net.IPv4(198, 51, 100, 66)}}
+	forged, err := fm.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []netip.AddrPort // the forger's own goroutine only
+	up := startIDUpstream(t, func(c *net.UDPConn, _ []byte, from netip.AddrPort) {
+		known := false
+		for _, p := range ports {
+			known = known || p == from
+		}
+		if !known {
+			ports = append(ports, from)
+		}
+		for k := 0; k < perQuery; k++ {
+			binary.BigEndian.PutUint16(forged, uint16(rng.UintN(65536)))
+			if _, err := c.WriteToUDPAddrPort(forged, ports[rng.IntN(len(ports))]); err == nil {
+				forgedSent.Add(1)
+			}
+		}
+	})
+	sink := new(checkSink)
+	s, stop := startServer(t, up.addr(), sink, func(c *Config) {
+		c.Upstream = upstream.Config{Timeout: 5 * time.Second, SocketsPerUpstream: 2}
+	})
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.test.", dns.TypeA)
+	m.Id = 0x1234
+	q, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	want := reflectAnswer(q)
+	var delivered, forgedToClient int
+	askWindowed(t, s.Addrs()[0], q, n, 8, func(r []byte) {
+		delivered++
+		if bytes.Contains(r, forgedName) || !bytes.Equal(r, want) {
+			forgedToClient++
+		}
+	})
+	c := stop()
+	if err := c.Check(); err != nil {
+		t.Fatal(err)
+	}
+	fs := forgedSent.Load()
+	rejected := c.RespUnknownID + c.RespQuestionMismatch + c.RespLate
+	t.Logf("forged sent %d; resp_unknown_id %d, resp_question_mismatch %d, resp_late %d, kernel_drops %d; real answered %d of %d",
+		fs, c.RespUnknownID, c.RespQuestionMismatch, c.RespLate, c.KernelDrops, c.Answered, n)
+	if forgedToClient != 0 {
+		t.Errorf("%d forged or altered answers reached the client", forgedToClient)
+	}
+	if sink.forged.Load() != 0 || sink.bad.Load() != 0 {
+		t.Errorf("dnstap sink logged %d forged and %d altered responses", sink.forged.Load(), sink.bad.Load())
+	}
+	if c.Answered != n || delivered != n || sink.answered.Load() != n {
+		t.Errorf("answered %d, delivered %d, logged %d; want %d each", c.Answered, delivered, sink.answered.Load(), n)
+	}
+	if c.RespMatched != n {
+		t.Errorf("resp_matched %d, want %d (only genuine answers)", c.RespMatched, n)
+	}
+	if rejected > fs || rejected+c.KernelDrops < fs {
+		t.Errorf("forged %d, but rejected %d with %d kernel drops", fs, rejected, c.KernelDrops)
+	}
+	if fs < n*perQuery/2 {
+		t.Errorf("only %d forged answers sent", fs)
+	}
+}
