@@ -84,7 +84,8 @@ func (o *metricsOutput) start(log *slog.Logger, d metricsDeps) error {
 	if o == nil {
 		return nil
 	}
-	src := metrics.Sources{Version: version, Counters: d.srv.Counters, Upstreams: d.upstreams, Observer: o.obs}
+	src := metrics.Sources{Version: version, Counters: d.srv.Counters, Upstreams: d.upstreams,
+		SocketDrops: d.srv.SocketDrops, Observer: o.obs}
 	if dt := d.dnstap; dt != nil {
 		src.Tap = dt.logger.Stats
 		src.Sink = dt.sinkState

@@ -39,6 +39,9 @@ type Sources struct {
 	Counters func() server.Counters
 	// Upstreams returns the pool's upstreams (upstream.Pool.Upstreams).
 	Upstreams func() []*upstream.Upstream
+	// SocketDrops returns each UDP socket's SO_RXQ_OVFL count
+	// (server.Server.SocketDrops); nil leaves the per-socket metric out.
+	SocketDrops func() []server.SocketDrop
 	// Tap returns the dnstap Logger's counters (tap.Logger.Stats).
 	Tap func() tap.Stats
 	// Sink returns the dnstap output's state.
@@ -174,6 +177,27 @@ func toFloat(v any) (float64, bool) {
 		return x, true
 	}
 	return 0, false
+}
+
+// socketCollector exports the kernel's receive-queue drop counter per UDP
+// socket, for the sockets where SO_RXQ_OVFL took.
+type socketCollector struct {
+	drops func() []server.SocketDrop
+	desc  *prometheus.Desc
+}
+
+func newSocketCollector(f func() []server.SocketDrop) *socketCollector {
+	return &socketCollector{drops: f, desc: prometheus.NewDesc(Namespace+"_socket_kernel_drops_total",
+		"Datagrams the kernel dropped on this UDP socket's full receive queue (SO_RXQ_OVFL); only sockets where the option took.",
+		[]string{"kind", "socket"}, nil)}
+}
+
+func (c *socketCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, d := range c.drops() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(d.Drops), d.Kind, d.Local.String())
+	}
 }
 
 // upstreamCollector exports the pool's per-upstream figures.
@@ -361,6 +385,9 @@ func NewRegistry(src Sources) (*prometheus.Registry, error) {
 	}
 	if src.Upstreams != nil {
 		cs = append(cs, newUpstreamCollector(src.Upstreams))
+	}
+	if src.SocketDrops != nil {
+		cs = append(cs, newSocketCollector(src.SocketDrops))
 	}
 	if src.Tap != nil || src.Sink != nil {
 		cs = append(cs, newTapCollector(src.Tap, src.Sink))

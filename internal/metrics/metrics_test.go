@@ -50,13 +50,14 @@ func allSources(t *testing.T) Sources {
 		ResponseKernel: 4, ResponseRead: 5, ReplySent: 6, Response: []byte{0, 0, 0x80, 0}, Flags: txn.Truncated})
 	z := annotate.NewZoneCache(16)
 	return Sources{
-		Version:   "test",
-		Counters:  p.srv.Counters,
-		Upstreams: pool.Upstreams,
-		Tap:       p.logger.Stats,
-		Sink:      func() SinkState { return SinkState{Kind: "file", Up: true} },
-		Zone:      z.Stats,
-		Observer:  p.obs,
+		Version:     "test",
+		Counters:    p.srv.Counters,
+		Upstreams:   pool.Upstreams,
+		SocketDrops: p.srv.SocketDrops,
+		Tap:         p.logger.Stats,
+		Sink:        func() SinkState { return SinkState{Kind: "file", Up: true} },
+		Zone:        z.Stats,
+		Observer:    p.obs,
 	}
 }
 
@@ -209,7 +210,7 @@ func TestWorkload(t *testing.T) {
 	} else {
 		t.Errorf("server.Server has no Pool() accessor: add `func (s *Server) Pool() *upstream.Pool { return s.pool }` to internal/server/server.go (the serve command needs it for the per-upstream metrics)")
 	}
-	m, err := New(Sources{Version: "test", Counters: p.srv.Counters, Upstreams: ups, Tap: p.logger.Stats, Observer: p.obs}, Options{})
+	m, err := New(Sources{Version: "test", Counters: p.srv.Counters, Upstreams: ups, SocketDrops: p.srv.SocketDrops, Tap: p.logger.Stats, Observer: p.obs}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

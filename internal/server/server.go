@@ -406,3 +406,28 @@ func Validate(cfg Config) error {
 
 // Pool returns the shared upstream pool (per-upstream state and figures).
 func (s *Server) Pool() *upstream.Pool { return s.pool }
+
+// SocketDrop is one UDP socket's kernel receive-queue drop count.
+type SocketDrop struct {
+	Kind  string // "client" or "upstream"
+	Local netip.AddrPort
+	Drops uint64
+}
+
+// SocketDrops lists the SO_RXQ_OVFL drop counter of every UDP socket where
+// the kernel accepted the option (sockets without it are left out rather
+// than reported as 0).
+func (s *Server) SocketDrops() []SocketDrop {
+	var out []SocketDrop
+	for _, p := range s.pairs {
+		if c := p.lw.Conn(); c.Features().DropCounter {
+			out = append(out, SocketDrop{Kind: "client", Local: c.LocalAddr(), Drops: uint64(c.KernelDrops())})
+		}
+		for _, u := range p.uw.Sockets() {
+			if u.Features().DropCounter {
+				out = append(out, SocketDrop{Kind: "upstream", Local: u.LocalAddr(), Drops: uint64(u.KernelDrops())})
+			}
+		}
+	}
+	return out
+}
