@@ -307,6 +307,16 @@ func (w *Worker) HandleQueries(pkts []*listener.Packet, readTime int64) {
 		if len(s.out) == 0 {
 			continue
 		}
+		// UpstreamSent is taken right before this socket's sendmmsg, not
+		// at the start of the batch, so the logged upstream RTT does not
+		// include tapproxy's own work on the rest of the batch. Set under
+		// mu: a reader goroutine reads it after matching the answer.
+		sent := time.Now().UnixNano()
+		w.mu.Lock()
+		for k := range s.out {
+			w.tab.slots[s.out[k].IfIndex].sentT = sent
+		}
+		w.mu.Unlock()
 		nfail, _ := s.w.Write(s.out)
 		w.stats.Forwarded.Add(uint64(len(s.out) - nfail))
 		for k := range s.out {

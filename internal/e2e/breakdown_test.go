@@ -42,6 +42,7 @@ func TestBreakdownIsTrue(t *testing.T) {
 	t.Cleanup(func() { up.Close() })
 	var mu sync.Mutex
 	held := map[string]time.Duration{}
+	arrived := map[string]int64{} // kernel receive time at the upstream
 	go func() {
 		in := listener.NewBatch(8, 1500)
 		r := up.NewReader(in)
@@ -54,6 +55,9 @@ func TestBreakdownIsTrue(t *testing.T) {
 				p := in.Pkts[i]
 				q := append([]byte(nil), p.Data()...)
 				to, kt := p.Peer, p.KernelTime
+				mu.Lock()
+				arrived[dtQuestion(q)] = kt
+				mu.Unlock()
 				time.AfterFunc(upDelay, func() {
 					ans := testenv.Reply(q, dns.RcodeSuccess)
 					w := up.NewWriter(1)
@@ -157,13 +161,22 @@ func TestBreakdownIsTrue(t *testing.T) {
 		if d := kernel.Sub(q.at); d < -time.Millisecond || d > time.Millisecond {
 			t.Errorf("query %#x: kernel receive time %v is %v from the send time", id, kernel, d)
 		}
-		// It waited in the socket from then until the process ran again.
-		// The read happens just after SIGCONT, so the expected delay is
-		// measured to `resumed`; the resume itself takes well under the
-		// 5 % tolerance (at least 5 ms here).
-		wantQ := resumed.Sub(kernel)
-		if !within(time.Duration(a.QueueDelay), wantQ) {
-			t.Errorf("query %#x: logged queue delay %v, it waited %v", id, time.Duration(a.QueueDelay), wantQ)
+		// It waited in the socket until the stopped process ran again and
+		// read it, and was forwarded right after: the upstream's own
+		// kernel stamp bounds the read from above (the difference is
+		// tapproxy's work between read and send). The process could not
+		// read before SIGCONT, which bounds it from below.
+		mu.Lock()
+		up, ok := arrived[dtQuestion(r.M.GetQueryMessage())]
+		mu.Unlock()
+		if !ok {
+			t.Fatalf("query %#x never reached the upstream", id)
+		}
+		wantQ := time.Duration(up - kernel.UnixNano())
+		gotQ := time.Duration(a.QueueDelay)
+		if !within(gotQ, wantQ) || gotQ > wantQ+100*time.Microsecond || gotQ < resumed.Sub(kernel)-time.Millisecond {
+			t.Errorf("query %#x: logged queue delay %v; it reached the upstream %v after the kernel stamp, SIGCONT came %v after it",
+				id, gotQ, wantQ, resumed.Sub(kernel))
 		}
 		mu.Lock()
 		// The upstream saw tapproxy's on-wire ID, so match on the

@@ -367,6 +367,15 @@ func TestDnstapDiskFull(t *testing.T) {
 		return ex
 	}
 	healthy := run("healthy disk", "healthy", 20, 0, nil)
+	// The dnstap writer flushes within its flush interval (100 ms): wait
+	// (bounded) until the healthy records are on disk before filling it.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(path); err == nil {
+			if fr, _ := dtFrames(b, false); len(fr) >= 2*len(healthy) {
+				break
+			}
+		}
+	}
 
 	// Fill the file system.
 	filler := filepath.Join(dir, "filler")
