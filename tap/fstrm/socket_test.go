@@ -156,7 +156,14 @@ func TestSocketCollectorKilled(t *testing.T) {
 			first.stop(t, syscall.SIGKILL)
 			waitFor(t, "the writer to notice the dead collector", func() bool { return w.Stats().Connected == 0 })
 			if err := w.WriteFrame(dnstapFrame(t, 100)); !errors.Is(err, ErrNotConnected) {
-				t.Fatalf("collector dead: %v, want ErrNotConnected", err)
+				// Tests of other packages run in parallel and pick free
+				// ports too: if something else now listens on this
+				// port, the writer may have connected to it. Only then is
+				// a nil error acceptable.
+				if err != nil || w.Stats().Connected == 0 {
+					t.Fatalf("collector dead: %v, want ErrNotConnected", err)
+				}
+				t.Logf("something else took port %s after the collector died; writer reconnected", tg.address)
 			}
 			if d := w.Stats().Disconnects; d.PeerClosed != 1 {
 				t.Errorf("disconnects %+v, want one PeerClosed", d)
