@@ -252,8 +252,15 @@ func TestHostileCorpus(t *testing.T) {
 	cpuPerMsg := time.Duration(after.cpuTicks-base.cpuTicks) * 10 * time.Millisecond / time.Duration(msgs)
 	t.Logf("hostile corpus: %d UDP + %d TCP + %d dropped messages per pass, %d passes; RSS %d -> %d KiB; goroutines %d -> %d; CPU %v per message (utime+stime / messages)",
 		len(udpMsgs), len(tcpMsgs), len(dropped), passes, base.rssKiB, after.rssKiB, base.goroutines, after.goroutines, cpuPerMsg)
-	if after.rssKiB > base.rssKiB+base.rssKiB/2+32*1024 {
-		t.Errorf("RSS grew from %d to %d KiB over %d passes of the corpus", base.rssKiB, after.rssKiB, passes)
+	limit := base.rssKiB + base.rssKiB/2 + 32*1024
+	if testenv.RaceEnabled() {
+		// The race detector's shadow memory grows with every address the
+		// program touches (65 KiB messages): bound it loosely; the tight
+		// bound holds for normal builds (measured 21.6 -> 24.6 MiB).
+		limit = 3*base.rssKiB + 64*1024
+	}
+	if after.rssKiB > limit {
+		t.Errorf("RSS grew from %d to %d KiB over %d passes of the corpus (limit %d)", base.rssKiB, after.rssKiB, passes, limit)
 	}
 	if cpuPerMsg > 5*time.Millisecond { // a generous sanity bound, not a benchmark
 		t.Errorf("CPU per message %v", cpuPerMsg)

@@ -89,3 +89,7 @@ func RequireTool(t testing.TB, name string) string {
 	t.Fatalf("testenv: required tool %q not found on PATH or in %v; install it: apt-get install %s", name, sbinDirs, pkg)
 	return ""
 }
+
+// RaceEnabled reports whether the tests (and so the tapproxy binary they
+// build) run under the race detector, whose shadow memory inflates RSS.
+func RaceEnabled() bool { return raceEnabled }
