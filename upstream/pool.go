@@ -113,6 +113,15 @@ func ParseSpec(s string) (Spec, error) {
 	return sp, nil
 }
 
+// SpecsFrom turns plain addresses into specs of weight 1, in order.
+func SpecsFrom(addrs []netip.AddrPort) []Spec {
+	specs := make([]Spec, len(addrs))
+	for i, a := range addrs {
+		specs[i] = Spec{Addr: a, Weight: 1}
+	}
+	return specs
+}
+
 // HealthConfig tunes health checking.
 type HealthConfig struct {
 	// FailThreshold consecutive failures (timeouts, refused sends, ICMP

@@ -181,12 +181,8 @@ func NewWorker(ctx context.Context, cfg Config, client *listener.Conn) (*Worker,
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Pool == nil {
-		specs := make([]Spec, len(cfg.Upstreams))
-		for i, a := range cfg.Upstreams {
-			specs[i] = Spec{Addr: a, Weight: 1}
-		}
 		var err error
-		if cfg.Pool, err = NewPool(specs, FirstAvailable, HealthConfig{}, cfg.Log); err != nil {
+		if cfg.Pool, err = NewPool(SpecsFrom(cfg.Upstreams), FirstAvailable, HealthConfig{}, cfg.Log); err != nil {
 			return nil, err
 		}
 	}

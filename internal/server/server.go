@@ -131,9 +131,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	specs := cfg.UpstreamSpecs
 	if len(specs) == 0 {
-		for _, a := range cfg.Upstreams {
-			specs = append(specs, upstream.Spec{Addr: a, Weight: 1})
-		}
+		specs = upstream.SpecsFrom(cfg.Upstreams)
 	}
 	if len(cfg.Upstreams) == 0 {
 		for _, sp := range specs {
@@ -393,9 +391,7 @@ func Validate(cfg Config) error {
 	}
 	specs := cfg.UpstreamSpecs
 	if len(specs) == 0 {
-		for _, a := range cfg.Upstreams {
-			specs = append(specs, upstream.Spec{Addr: a, Weight: 1})
-		}
+		specs = upstream.SpecsFrom(cfg.Upstreams)
 	}
 	if err := checkLoop(cfg.Listen, specs); err != nil {
 		return err
