@@ -22,8 +22,9 @@ import (
 // happened. The test stops tapproxy (SIGSTOP) for a known interval while
 // queries arrive at a known pace, then lets it run: each query's logged
 // client-socket queue delay (kernel receive → worker read) must equal the
-// time it actually waited in the socket, and the logged upstream RTT must
-// equal the fake upstream's known answer delay, each within 5 % or 100 µs.
+// time it actually waited in the socket (within 5 %), and the logged
+// upstream RTT must hold the time the fake upstream really held the query,
+// exceeding it only by send and delivery (see the bound below).
 func TestBreakdownIsTrue(t *testing.T) {
 	const (
 		upDelay = 40 * time.Millisecond // the fake upstream answers after this
@@ -64,10 +65,14 @@ func TestBreakdownIsTrue(t *testing.T) {
 					out := listener.NewBatch(1, len(ans))
 					out.Pkts[0].N = copy(out.Pkts[0].Buf, ans)
 					out.Pkts[0].Peer = to
-					mu.Lock()
-					held[dtQuestion(q)] = time.Duration(time.Now().UnixNano() - kt)
-					mu.Unlock()
+					// Stamp as close to the send as possible: what
+					// comes after (the syscall, loopback delivery,
+					// tapproxy's wake-up) is in tapproxy's RTT too.
+					h := time.Duration(time.Now().UnixNano() - kt)
 					_, _ = w.Write(out.Pkts)
+					mu.Lock()
+					held[dtQuestion(q)] = h
+					mu.Unlock()
 				})
 			}
 		}
@@ -186,7 +191,14 @@ func TestBreakdownIsTrue(t *testing.T) {
 		if !ok {
 			t.Fatalf("query %#x never reached the upstream", id)
 		}
-		if !within(time.Duration(a.RTT), h) {
+		// The RTT runs from tapproxy's send to its kernel's receive of the
+		// answer, so it holds the upstream's time and can only exceed it
+		// by the send syscall and loopback delivery: never less (beyond
+		// clock granularity), and more only by scheduling noise, which
+		// on a loaded 2-CPU CI machine under -race reaches milliseconds.
+		// Both stay far below the ~100-300 ms queue delay the test
+		// separates the RTT from.
+		if rtt := time.Duration(a.RTT); rtt < h-100*time.Microsecond || rtt > h+h/20+5*time.Millisecond {
 			t.Errorf("query %#x: logged upstream RTT %v, the upstream held it %v", id, time.Duration(a.RTT), h)
 		}
 		if a.Total < a.QueueDelay+a.RTT || a.Proxy < 0 {
