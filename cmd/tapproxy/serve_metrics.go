@@ -19,16 +19,21 @@ import (
 
 // metricsFlags are the diagnostics settings of the serve command.
 type metricsFlags struct {
-	addr string
+	addr  string
+	pprof bool
 }
 
 func (m *metricsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.addr, "metrics", "", "serve Prometheus /metrics, /status.json and a live page on `IP:PORT` (e.g. 127.0.0.1:9153; off when empty)")
+	fs.BoolVar(&m.pprof, "metrics-pprof", false, "also serve Go's profiler at /debug/pprof/ on the --metrics address (for chasing CPU or memory problems; off by default)")
 }
 
 // validate checks --metrics without binding (check-config).
 func (m *metricsFlags) validate() error {
 	if m.addr == "" {
+		if m.pprof {
+			return fmt.Errorf("--metrics-pprof needs --metrics")
+		}
 		return nil
 	}
 	if _, err := netip.ParseAddrPort(m.addr); err != nil {
@@ -43,6 +48,7 @@ type metricsOutput struct {
 	ln     net.Listener
 	cancel context.CancelFunc
 	done   chan error
+	pprof  bool
 }
 
 // build binds the metrics address, so that a malformed or busy address is
@@ -56,7 +62,7 @@ func (m *metricsFlags) build() (*metricsOutput, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &metricsOutput{obs: annotate.NewObserver(annotate.ObserverOptions{}), ln: ln}, nil
+	return &metricsOutput{obs: annotate.NewObserver(annotate.ObserverOptions{}), ln: ln, pprof: m.pprof}, nil
 }
 
 // sink puts the Observer in front of next (the dnstap sink), so the
@@ -93,7 +99,7 @@ func (o *metricsOutput) start(log *slog.Logger, d metricsDeps) error {
 	if d.zone != nil {
 		src.Zone = d.zone.Stats
 	}
-	m, err := metrics.New(src, metrics.Options{Log: log.With("component", "metrics")})
+	m, err := metrics.New(src, metrics.Options{Log: log.With("component", "metrics"), Pprof: o.pprof})
 	if err != nil {
 		_ = o.ln.Close()
 		return err

@@ -22,14 +22,18 @@ import (
 
 var errSmall = errors.New("this tapproxy was built without metrics and report (-tags tapproxy_small)")
 
-type metricsFlags struct{ addr string }
+type metricsFlags struct {
+	addr  string
+	pprof bool
+}
 
 func (m *metricsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.addr, "metrics", "", "not available in this build (-tags tapproxy_small)")
+	fs.BoolVar(&m.pprof, "metrics-pprof", false, "not available in this build (-tags tapproxy_small)")
 }
 
 func (m *metricsFlags) validate() error {
-	if m.addr != "" {
+	if m.addr != "" || m.pprof {
 		return errSmall
 	}
 	return nil

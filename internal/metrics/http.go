@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"time"
 
@@ -32,6 +33,11 @@ type Options struct {
 	// OnSample, when set, is called after each sample is stored with the
 	// number of samples held (tests wait on it instead of sleeping).
 	OnSample func(n int)
+	// Pprof mounts Go's profiler (net/http/pprof) at /debug/pprof/. Off
+	// by default: a CPU profile costs CPU while it runs and the endpoint
+	// reveals internals, so an operator turns it on to chase a problem,
+	// on a listener that only they can reach.
+	Pprof bool
 }
 
 // Metrics is the diagnostics endpoint: registry, sampler and HTTP handler.
@@ -104,6 +110,13 @@ func (m *Metrics) Handler() http.Handler {
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:")
 		_, _ = w.Write(b)
 	})
+	if m.opts.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
