@@ -27,6 +27,12 @@ type Options struct {
 	// PktInfo asks for the destination address of each datagram; needed
 	// on wildcard binds so replies leave from the address the client used.
 	PktInfo bool
+	// LocalAddr, when valid, is the address DialUDP binds before it
+	// connects: an explicit source port chosen by the caller (upstream
+	// source-port rotation, RFC 5452 §10). Invalid (the zero value): the
+	// kernel picks the port. ListenUDP ignores it. A port in use fails
+	// with an error that wraps syscall.EADDRINUSE.
+	LocalAddr netip.AddrPort
 }
 
 // Features records which options the kernel accepted and the effective
@@ -97,6 +103,9 @@ func DialUDP(ctx context.Context, addr netip.AddrPort, o Options) (*Conn, error)
 		}
 		return serr
 	}}
+	if o.LocalAddr.IsValid() {
+		d.LocalAddr = net.UDPAddrFromAddrPort(o.LocalAddr)
+	}
 	c, err := d.DialContext(ctx, network, addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("connecting to upstream %s: %w", addr, err)
@@ -203,6 +212,15 @@ func (c *Conn) Unblock() error { return c.uc.SetReadDeadline(time.Unix(1, 0)) }
 // Close closes the socket.
 func (c *Conn) Close() error { return c.uc.Close() }
 
+// Rebind points r at c, keeping its buffers and syscall headers, so a
+// socket replaced by a fresh one (upstream source-port rotation) is read
+// without allocating a new Reader. Only between Reads, from r's goroutine.
+func (r *Reader) Rebind(c *Conn) { r.c = c }
+
+// Rebind points w at c, keeping its buffers (see Reader.Rebind). Only
+// between Writes, from w's goroutine.
+func (w *Writer) Rebind(c *Conn) { w.c = c }
+
 // oobSize fits SCM_TIMESTAMPNS, IPV6_PKTINFO (the larger pktinfo) and
 // SO_RXQ_OVFL, each in its own aligned cmsg.
 var oobSize = unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))) +
@@ -252,6 +270,27 @@ func (r *Reader) recv(fd uintptr) bool {
 // Read blocks until at least one datagram is available and fills the
 // batch's first n packets.
 func (r *Reader) Read() (int, error) {
+	r.prepare()
+	if err := r.c.rc.Read(r.fn); err != nil {
+		return 0, err
+	}
+	return r.finish()
+}
+
+// ReadNow reads what is queued on the socket now, without waiting and
+// whatever the read deadline: 0 when nothing is. It is for emptying a
+// socket before it is closed (a rotated upstream port), so that what
+// arrived before the close is still counted.
+func (r *Reader) ReadNow() (int, error) {
+	r.prepare()
+	if err := r.c.rc.Control(func(fd uintptr) { r.recv(fd) }); err != nil {
+		return 0, err
+	}
+	return r.finish()
+}
+
+// prepare resets the syscall headers for one recvmmsg.
+func (r *Reader) prepare() {
 	for i := range r.hdrs {
 		p := &r.b.Pkts[i]
 		r.iovs[i].Base = &p.Buf[0]
@@ -267,9 +306,10 @@ func (r *Reader) Read() (int, error) {
 		r.hdrs[i].Len = 0
 	}
 	r.n, r.errno = 0, 0
-	if err := r.c.rc.Read(r.fn); err != nil {
-		return 0, err
-	}
+}
+
+// finish turns the headers of the last recvmmsg into packets.
+func (r *Reader) finish() (int, error) {
 	if r.errno != 0 {
 		return 0, fmt.Errorf("recvmmsg on %s: %w", r.c.local, r.errno)
 	}

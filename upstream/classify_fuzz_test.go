@@ -31,12 +31,12 @@ func FuzzClassify(f *testing.F) {
 	}
 	up := netip.MustParseAddrPort("127.0.0.1:5353")
 	f.Fuzz(func(t *testing.T, b []byte) {
-		w := &Worker{socks: []*usock{{upstream: up}}, tab: newTable(2, 1)}
+		w := classifyWorker(up, 2)
 		i := w.tab.alloc()
 		sl := &w.tab.slots[i]
 		sl.qok = dnswire.ParseQuestion(query, &sl.q) == nil
 		sl.query = query
-		w.tab.bind(i, 0, 0x1234)
+		w.tab.bind(i, 0, 0, 0x1234)
 		buf := make([]byte, len(b)+1)
 		n := copy(buf, b)
 		var qq dnswire.Question

@@ -1,6 +1,9 @@
-// Package upstream owns forwarding: upstream sockets with kernel-chosen
-// random source ports, a fresh crypto/rand ID per forwarded query (unique
-// among that socket's in-flight queries), a bounded in-flight table, and the
+// Package upstream owns forwarding: upstream sockets whose source ports are
+// drawn at random from the ephemeral range and replaced every PortRotation
+// queries (RFC 5452 §9.2, §10: an off-path forger must guess port and ID; a
+// retired port is read until its queries are done), a fresh crypto/rand ID
+// per forwarded query (unique among that socket's in-flight queries), a
+// bounded in-flight table, and the
 // acceptance of answers per RFC 5452 §9.1 (source address and port, ID, and
 // the question repeated; header-only error answers accepted).
 //

@@ -21,7 +21,8 @@ type slot struct {
 	state   uint8
 	qok     bool   // the query's question parsed: answers must repeat it
 	retried bool   // already failed over once
-	sock    uint16 // index into Worker.socks
+	sock    uint16 // logical socket: index into Worker.socks
+	phys    uint16 // physical socket the query left from: index into Worker.phys
 	id      uint16 // upstream-leg ID
 
 	deadline int64
@@ -39,19 +40,25 @@ type slot struct {
 	upLocal               netip.AddrPort
 }
 
-// table is a worker's bounded in-flight table. byID maps, per upstream
-// socket, an upstream ID to slot index+1 (0: free), so lookup is O(1) and
-// nothing is allocated. late remembers, per socket, IDs that timed out and
-// have not been reused, so a late answer is told apart from a forged one.
+// table is a worker's bounded in-flight table. byID maps, per logical
+// upstream socket, an upstream ID to slot index+1 (0: free), so lookup is
+// O(1) and nothing is allocated; an ID is unique across the physical
+// sockets of its logical one (the socket carrying new queries and the one
+// it replaced, still draining), so the tables keep their size however often
+// ports rotate. late remembers, per physical socket, IDs that timed out and
+// have not been reused, so a late answer is told apart from a forged one;
+// pin counts each physical socket's pending queries (it closes when a
+// replaced one reaches 0).
 type table struct {
 	slots []slot
 	free  []int32
 	byID  []*[65536]uint16
 	late  []*[1024]uint64
+	pin   []int32
 }
 
-func newTable(capacity, socks int) *table {
-	t := &table{slots: make([]slot, capacity), free: make([]int32, capacity)}
+func newTable(capacity, socks, phys int) *table {
+	t := &table{slots: make([]slot, capacity), free: make([]int32, capacity), pin: make([]int32, phys)}
 	arena := make([]byte, capacity*slotQueryCap)
 	for i := range t.slots {
 		t.slots[i].inl = arena[i*slotQueryCap : (i+1)*slotQueryCap : (i+1)*slotQueryCap]
@@ -59,6 +66,8 @@ func newTable(capacity, socks int) *table {
 	}
 	for i := 0; i < socks; i++ {
 		t.byID = append(t.byID, new([65536]uint16))
+	}
+	for i := 0; i < phys; i++ {
 		t.late = append(t.late, new([1024]uint64))
 	}
 	return t
@@ -76,21 +85,25 @@ func (t *table) alloc() int32 {
 	return i
 }
 
-// bind assigns upstream ID id on socket sock to slot i.
-func (t *table) bind(i int32, sock int, id uint16) {
+// bind assigns upstream ID id on logical socket sock, sent from physical
+// socket phys, to slot i.
+func (t *table) bind(i int32, sock, phys int, id uint16) {
 	s := &t.slots[i]
-	s.sock, s.id, s.state = uint16(sock), id, slotPending
+	s.sock, s.phys, s.id, s.state = uint16(sock), uint16(phys), id, slotPending
 	t.byID[sock][id] = uint16(i + 1)
-	t.late[sock][id>>6] &^= 1 << (id & 63)
+	t.late[phys][id>>6] &^= 1 << (id & 63)
+	t.pin[phys]++
 }
 
-// idFree reports whether id is unused on sock.
+// idFree reports whether id is unused on logical socket sock.
 func (t *table) idFree(sock int, id uint16) bool { return t.byID[sock][id] == 0 }
 
-// lookup returns the pending slot for id on sock, or -1.
-func (t *table) lookup(sock int, id uint16) int32 {
+// lookup returns the pending slot for id on logical socket sock whose query
+// left from physical socket phys, or -1: an answer must arrive on the port
+// its query left from (RFC 5452 §9.1).
+func (t *table) lookup(sock, phys int, id uint16) int32 {
 	v := t.byID[sock][id]
-	if v == 0 {
+	if v == 0 || t.slots[v-1].phys != uint16(phys) {
 		return -1
 	}
 	return int32(v) - 1
@@ -102,14 +115,16 @@ func (t *table) detach(i int32, timedOut bool) {
 	s := &t.slots[i]
 	t.byID[s.sock][s.id] = 0
 	if timedOut {
-		t.late[s.sock][s.id>>6] |= 1 << (s.id & 63)
+		t.late[s.phys][s.id>>6] |= 1 << (s.id & 63)
 	}
+	t.pin[s.phys]--
 	s.state = slotCompleting
 }
 
-// takeLate reports and clears whether id on sock timed out recently.
-func (t *table) takeLate(sock int, id uint16) bool {
-	w := &t.late[sock][id>>6]
+// takeLate reports and clears whether id on physical socket phys timed out
+// recently.
+func (t *table) takeLate(phys int, id uint16) bool {
+	w := &t.late[phys][id>>6]
 	bit := uint64(1) << (id & 63)
 	if *w&bit == 0 {
 		return false

@@ -10,7 +10,8 @@ import (
 )
 
 func TestTable(t *testing.T) {
-	tab := newTable(3, 2)
+	// Two logical sockets; logical 1 has physical sockets 1 and 2.
+	tab := newTable(3, 2, 3)
 	var got []int32
 	for i := 0; i < 3; i++ {
 		s := tab.alloc()
@@ -25,16 +26,25 @@ func TestTable(t *testing.T) {
 	if tab.inflight() != 3 {
 		t.Fatalf("inflight %d", tab.inflight())
 	}
-	tab.bind(got[0], 1, 0xABCD)
+	tab.bind(got[0], 1, 1, 0xABCD)
 	if tab.idFree(1, 0xABCD) || !tab.idFree(0, 0xABCD) {
-		t.Fatal("ID uniqueness is per socket")
+		t.Fatal("ID uniqueness is per logical socket")
 	}
-	if tab.lookup(1, 0xABCD) != got[0] || tab.lookup(0, 0xABCD) != -1 {
+	if tab.lookup(1, 1, 0xABCD) != got[0] || tab.lookup(0, 0, 0xABCD) != -1 {
 		t.Fatal("lookup")
 	}
+	if tab.lookup(1, 2, 0xABCD) != -1 {
+		t.Fatal("an answer on another port of the same logical socket matched")
+	}
+	if tab.pin[1] != 1 || tab.pin[2] != 0 {
+		t.Fatalf("pending per physical socket %v", tab.pin)
+	}
 	tab.detach(got[0], true)
-	if tab.lookup(1, 0xABCD) != -1 {
-		t.Fatal("detached slot still found")
+	if tab.lookup(1, 1, 0xABCD) != -1 || tab.pin[1] != 0 {
+		t.Fatal("detached slot still found or counted")
+	}
+	if tab.takeLate(2, 0xABCD) {
+		t.Fatal("late mark is per physical socket")
 	}
 	if !tab.takeLate(1, 0xABCD) || tab.takeLate(1, 0xABCD) {
 		t.Fatal("late mark must be reported once")
@@ -44,11 +54,19 @@ func TestTable(t *testing.T) {
 		t.Fatal("release did not free the slot")
 	}
 	// Rebinding an ID that timed out clears its late mark.
+	tab.bind(got[1], 1, 1, 0x1111)
 	tab.detach(got[1], true)
-	tab.bind(got[2], 1, tab.slots[got[1]].id)
+	tab.bind(got[2], 1, 1, tab.slots[got[1]].id)
 	if tab.takeLate(1, tab.slots[got[1]].id) {
 		t.Fatal("reused ID still marked late")
 	}
+}
+
+// classifyWorker is a Worker with one logical socket to up, one physical
+// socket, and a table of capacity slots: enough for classify.
+func classifyWorker(up netip.AddrPort, capacity int) *Worker {
+	return &Worker{socks: []*usock{{upstream: up, phys: []int{0}}}, phys: []*psock{{state: psActive}},
+		tab: newTable(capacity, 1, 1)}
 }
 
 func pack(t *testing.T, m *dns.Msg) []byte {
@@ -64,12 +82,12 @@ func pack(t *testing.T, m *dns.Msg) []byte {
 func TestClassify(t *testing.T) {
 	up := netip.MustParseAddrPort("127.0.0.1:5353")
 	newW := func(query []byte) (*Worker, uint16) {
-		w := &Worker{socks: []*usock{{upstream: up}}, tab: newTable(4, 1)}
+		w := classifyWorker(up, 4)
 		i := w.tab.alloc()
 		sl := &w.tab.slots[i]
 		sl.qok = dnswire.ParseQuestion(query, &sl.q) == nil
 		sl.query = query
-		w.tab.bind(i, 0, 0x1234)
+		w.tab.bind(i, 0, 0, 0x1234)
 		return w, 0x1234
 	}
 	q := new(dns.Msg)
@@ -133,7 +151,7 @@ func TestClassify(t *testing.T) {
 	}
 	t.Run("late", func(t *testing.T) {
 		w, id := newW(query)
-		w.tab.detach(w.tab.lookup(0, id), true)
+		w.tab.detach(w.tab.lookup(0, 0, id), true)
 		buf := make([]byte, 512)
 		n := copy(buf, answer("www.example.test.", dns.TypeA, id, nil))
 		var q dnswire.Question
@@ -145,14 +163,14 @@ func TestClassify(t *testing.T) {
 
 func TestClassifyAllocs(t *testing.T) {
 	up := netip.MustParseAddrPort("127.0.0.1:5353")
-	w := &Worker{socks: []*usock{{upstream: up}}, tab: newTable(4, 1)}
+	w := classifyWorker(up, 4)
 	q := new(dns.Msg)
 	q.SetQuestion("www.example.test.", dns.TypeA)
 	query := pack(t, q)
 	i := w.tab.alloc()
 	sl := &w.tab.slots[i]
 	sl.qok = dnswire.ParseQuestion(query, &sl.q) == nil
-	w.tab.bind(i, 0, 7)
+	w.tab.bind(i, 0, 0, 7)
 	q.Response, q.Id = true, 7
 	resp := pack(t, q)
 	p := &listener.Packet{Buf: resp, N: len(resp), Peer: up}
@@ -164,14 +182,14 @@ func TestClassifyAllocs(t *testing.T) {
 
 func BenchmarkClassify(b *testing.B) {
 	up := netip.MustParseAddrPort("127.0.0.1:5353")
-	w := &Worker{socks: []*usock{{upstream: up}}, tab: newTable(4, 1)}
+	w := classifyWorker(up, 4)
 	q := new(dns.Msg)
 	q.SetQuestion("www.example.test.", dns.TypeA)
 	query, _ := q.Pack()
 	i := w.tab.alloc()
 	sl := &w.tab.slots[i]
 	sl.qok = dnswire.ParseQuestion(query, &sl.q) == nil
-	w.tab.bind(i, 0, 7)
+	w.tab.bind(i, 0, 0, 7)
 	q.Response, q.Id = true, 7
 	resp, _ := q.Pack()
 	p := &listener.Packet{Buf: resp, N: len(resp), Peer: up}

@@ -46,6 +46,7 @@ type serveFlags struct {
 	timeout                  time.Duration
 	maxInflight              int
 	upSockets                int
+	portRotate               int
 	servfail                 bool
 	rcvbuf, sndbuf           int
 	logLevel                 string
@@ -99,6 +100,7 @@ func newServeFlags(stderr io.Writer) (*serveFlags, *flag.FlagSet, func(*server.C
 	fs.DurationVar(&f.timeout, "timeout", upstream.DefaultTimeout, "per-query upstream timeout")
 	fs.IntVar(&f.maxInflight, "max-inflight", upstream.DefaultMaxInflight, "in-flight queries per worker (a full table is a counted drop)")
 	fs.IntVar(&f.upSockets, "upstream-sockets", upstream.DefaultSocketsPerUpstream, "upstream UDP sockets per worker, each on a random source port")
+	fs.IntVar(&f.portRotate, "upstream-port-rotate", upstream.DefaultPortRotation, "queries per upstream socket before its source port is replaced by a new random one (RFC 5452: a forger must guess port and ID); 0 keeps fixed ports")
 	fs.BoolVar(&f.servfail, "servfail-on-timeout", false, "answer SERVFAIL when the upstream times out (default: send nothing)")
 	fs.IntVar(&f.rcvbuf, "rcvbuf", 0, "socket receive buffer `BYTES` (SO_RCVBUFFORCE when permitted; 0: kernel default)")
 	fs.IntVar(&f.sndbuf, "sndbuf", 0, "socket send buffer `BYTES` (0: kernel default)")
@@ -411,10 +413,13 @@ func (f *serveFlags) config(log *slog.Logger) (server.Config, error) {
 	if f.upSockets < 1 || f.upSockets > 256 {
 		return cfg, fmt.Errorf("--upstream-sockets %d: want 1..256", f.upSockets)
 	}
+	if f.portRotate < 0 || f.portRotate > 1<<24 {
+		return cfg, fmt.Errorf("--upstream-port-rotate %d: want 0 (fixed ports) to %d", f.portRotate, 1<<24)
+	}
 	cfg.Workers = f.workers
 	cfg.Socket = listener.Options{RcvBuf: f.rcvbuf, SndBuf: f.sndbuf}
 	cfg.Upstream = upstream.Config{Timeout: f.timeout, MaxInflight: f.maxInflight,
-		SocketsPerUpstream: f.upSockets, ServfailOnTimeout: f.servfail,
+		SocketsPerUpstream: f.upSockets, PortRotation: f.portRotate, ServfailOnTimeout: f.servfail,
 		Socket: listener.Options{RcvBuf: f.rcvbuf, SndBuf: f.sndbuf}}
 	cfg.Log = log
 	cfg.Ready = func(s *server.Server) {

@@ -182,6 +182,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 					cfg.Log.Warn("kernel refused a socket option", "upstream_socket", u.LocalAddr(), "detail", w)
 				}
 			}
+			if len(s.pairs) == 0 {
+				logUpstreamSockets(cfg.Log, uw, cfg.Workers*len(cfg.Listen))
+			}
 			lw := listener.NewWorker(c, listener.WorkerConfig{ACL: cfg.ACL, ACLAction: cfg.ACLAction,
 				Sink: cfg.Sink, Seq: &s.seq, Log: cfg.Log}, uw)
 			s.pairs = append(s.pairs, pair{lw: lw, uw: uw})
@@ -203,6 +206,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// logUpstreamSockets says once how upstream source ports are chosen (the
+// sockets themselves change as ports rotate, so they are not listed).
+func logUpstreamSockets(log *slog.Logger, uw *upstream.Worker, workers int) {
+	rot, lo, hi, err := uw.PortRotation()
+	attrs := []any{"per_worker", len(uw.Sockets()), "workers", workers}
+	if rot == 0 {
+		log.Info("upstream sockets: fixed kernel-chosen source ports", attrs...)
+		return
+	}
+	attrs = append(attrs, "port_rotation", rot, "port_range", fmt.Sprintf("%d-%d", lo, hi))
+	log.Info("upstream sockets: random source ports, rotated", attrs...)
+	if err != nil {
+		log.Warn("kernel ephemeral port range unreadable, using the default", "port_range", fmt.Sprintf("%d-%d", lo, hi), "err", err)
+	}
 }
 
 // Addrs returns the bound client-facing addresses, one per listen address
@@ -292,10 +311,14 @@ type Counters struct {
 	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
 	RespReadErrors, KernelDrops, InFlight                          uint64
 	// DroppedPanic (a client fate) and RespPanic (a response fate): a
-	// recovered panic (a bug) ended the datagram; Panics counts every
-	// recovered panic on the DNS path, UDP and TCP (informational).
-	DroppedPanic, RespPanic, Panics uint64
-	TCP                             TCPCounters // tcp.go
+	// recovered panic (a bug) ended the datagram; CompletePanic: one
+	// while completing queries whose fates stay counted; Panics counts
+	// every recovered panic on the DNS path, UDP and TCP (informational).
+	DroppedPanic, RespPanic, CompletePanic, Panics uint64
+	// Upstream source-port rotation (informational, upstream.Stats).
+	PortRotations, PortRotationsDeferred, PortBindRetries uint64
+	PortBindFallbacks, PortOpenErrors                     uint64
+	TCP                                                   TCPCounters // tcp.go
 }
 
 // Counters sums the workers' counters.
@@ -331,14 +354,21 @@ func (s *Server) Counters() Counters {
 		c.RespReadErrors += u.RespReadErrors.Load()
 		c.DroppedPanic += l.DroppedPanic.Load() + u.DroppedPanic.Load()
 		c.RespPanic += u.RespPanic.Load()
+		c.CompletePanic += u.CompletePanic.Load()
+		c.PortRotations += u.PortRotations.Load()
+		c.PortRotationsDeferred += u.PortRotationsDeferred.Load()
+		c.PortBindRetries += u.PortBindRetries.Load()
+		c.PortBindFallbacks += u.PortBindFallbacks.Load()
+		c.PortOpenErrors += u.PortOpenErrors.Load()
 		c.KernelDrops += uint64(p.lw.Conn().KernelDrops())
-		for _, uc := range p.uw.Sockets() {
-			c.KernelDrops += uint64(uc.KernelDrops())
+		// Closed (rotated) sockets' drops included.
+		for _, d := range p.uw.KernelDrops() {
+			c.KernelDrops += d.Drops
 		}
 		c.InFlight += uint64(p.uw.InFlight())
 	}
 	c.TCP = s.tcpCounters() // tcp.go
-	c.Panics = c.DroppedPanic + c.RespPanic + c.TCP.DroppedPanic
+	c.Panics = c.DroppedPanic + c.RespPanic + c.CompletePanic + c.TCP.DroppedPanic
 	return c
 }
 
@@ -358,7 +388,11 @@ func (c Counters) Attrs() []any {
 		"resp_unknown_id", c.RespUnknownID, "resp_late", c.RespLate,
 		"resp_question_mismatch", c.RespQuestionMismatch, "resp_read_errors", c.RespReadErrors,
 		"kernel_drops", c.KernelDrops,
-		"dropped_panic", c.DroppedPanic, "resp_panic", c.RespPanic, "panics", c.Panics,
+		"dropped_panic", c.DroppedPanic, "resp_panic", c.RespPanic, "complete_panic", c.CompletePanic,
+		"panics", c.Panics,
+		"port_rotations", c.PortRotations, "port_rotations_deferred", c.PortRotationsDeferred,
+		"port_bind_retries", c.PortBindRetries, "port_bind_fallbacks", c.PortBindFallbacks,
+		"port_open_errors", c.PortOpenErrors,
 	}
 	return append(a, c.TCP.attrs()...) // tcp_* keys (tcp.go)
 }
@@ -403,25 +437,42 @@ func Validate(cfg Config) error {
 // Pool returns the shared upstream pool (per-upstream state and figures).
 func (s *Server) Pool() *upstream.Pool { return s.pool }
 
-// SocketDrop is one UDP socket's kernel receive-queue drop count.
+// SocketDrop is the kernel receive-queue drop count of the UDP sockets on
+// one local address (Kind "client": the SO_REUSEPORT sockets of a listen
+// address, summed over workers) or to one upstream (Kind "upstream": every
+// socket tapproxy has had to it, closed ones included; Local is then the
+// upstream's address, since the sockets' own ports rotate).
 type SocketDrop struct {
 	Kind  string // "client" or "upstream"
 	Local netip.AddrPort
 	Drops uint64
 }
 
-// SocketDrops lists the SO_RXQ_OVFL drop counter of every UDP socket where
-// the kernel accepted the option (sockets without it are left out rather
-// than reported as 0).
+// SocketDrops lists the SO_RXQ_OVFL drop counters, one per client address
+// and one per upstream, where the kernel accepted the option (sockets
+// without it are left out rather than reported as 0). The keys are stable
+// while ports rotate, so metrics built on them do not grow a series per
+// port.
 func (s *Server) SocketDrops() []SocketDrop {
 	var out []SocketDrop
+	at := map[SocketDrop]int{} // key: Kind and Local, Drops 0
+	addTo := func(kind string, a netip.AddrPort, n uint64) {
+		k := SocketDrop{Kind: kind, Local: a}
+		if i, ok := at[k]; ok {
+			out[i].Drops += n
+			return
+		}
+		at[k] = len(out)
+		k.Drops = n
+		out = append(out, k)
+	}
 	for _, p := range s.pairs {
 		if c := p.lw.Conn(); c.Features().DropCounter {
-			out = append(out, SocketDrop{Kind: "client", Local: c.LocalAddr(), Drops: uint64(c.KernelDrops())})
+			addTo("client", c.LocalAddr(), uint64(c.KernelDrops()))
 		}
-		for _, u := range p.uw.Sockets() {
-			if u.Features().DropCounter {
-				out = append(out, SocketDrop{Kind: "upstream", Local: u.LocalAddr(), Drops: uint64(u.KernelDrops())})
+		for _, d := range p.uw.KernelDrops() {
+			if d.Counted {
+				addTo("upstream", d.Upstream, d.Drops)
 			}
 		}
 	}

@@ -34,6 +34,7 @@ type idUpstream struct {
 	mu    sync.Mutex
 	ids   []uint16
 	ports map[uint16]int
+	order []uint16 // source ports in the order first seen
 	forge func(q []byte, from netip.AddrPort)
 }
 
@@ -63,6 +64,9 @@ func startIDUpstream(t *testing.T, forge func(c *net.UDPConn, q []byte, from net
 			q := buf[:n]
 			u.mu.Lock()
 			u.ids = append(u.ids, binary.BigEndian.Uint16(q))
+			if u.ports[from.Port()] == 0 {
+				u.order = append(u.order, from.Port())
+			}
 			u.ports[from.Port()]++
 			u.mu.Unlock()
 			if u.forge != nil {
@@ -122,23 +126,51 @@ func chiSquare256(v []uint16, bucket func(uint16) int) float64 {
 // chiThreshold is the chi-square value with 255 degrees of freedom that a
 // uniform source exceeds with probability about 1e-9 (Wilson–Hilferty,
 // z = 6): a correct implementation fails this test practically never.
-func chiThreshold() float64 {
-	const k, z = 255.0, 6.0
+func chiThreshold() float64 { return chiThresholdDF(255) }
+
+// chiThresholdDF is chiThreshold for k degrees of freedom.
+func chiThresholdDF(k float64) float64 {
+	const z = 6.0
 	a := 2 / (9 * k)
 	return k * math.Pow(1-a+z*math.Sqrt(a), 3)
 }
 
+// chiSquarePorts returns the chi-square statistic of the offsets v (each in
+// [0, n)) over buckets equal slices of [0, n), each bucket's expectation
+// taken from how many offsets it holds (n need not divide evenly).
+func chiSquarePorts(v []int, n, buckets int) float64 {
+	counts := make([]float64, buckets)
+	width := make([]float64, buckets)
+	for x := 0; x < n; x++ {
+		width[x*buckets/n]++
+	}
+	for _, x := range v {
+		counts[x*buckets/n]++
+	}
+	var chi float64
+	for b := range counts {
+		e := float64(len(v)) * width[b] / float64(n)
+		chi += (counts[b] - e) * (counts[b] - e) / e
+	}
+	return chi
+}
+
 // TestUpstreamIDsUniform: 100 000 queries, every one with the same client
 // ID, leave tapproxy with upstream IDs whose high byte, low byte and
-// successive differences are uniform (RFC 5452 §9.2: IDs unpredictable).
-// Source ports are NOT per query: each worker has SocketsPerUpstream
-// sockets with kernel-chosen ports; the test reports and checks that, and
-// claims nothing more.
+// successive differences are uniform, and from source ports that change
+// every --upstream-port-rotate queries per socket and are drawn uniformly
+// from the kernel's ephemeral range (RFC 5452 §9.2: IDs and ports
+// unpredictable). Each new port is one draw: the test takes the ports in
+// the order the upstream first saw them and checks their values and their
+// successive differences (mod the range) for uniformity, and that about
+// one new port came per rotation (no small set of ports reused). With
+// fixed ports (rotation 0) it fails.
 func TestUpstreamIDsUniform(t *testing.T) {
 	up := startIDUpstream(t, nil)
 	const sockets = 4
+	rotation := upstream.DefaultPortRotation
 	s, stop := startServer(t, up.addr(), nil, func(c *Config) {
-		c.Upstream = upstream.Config{Timeout: 5 * time.Second, SocketsPerUpstream: sockets}
+		c.Upstream = upstream.Config{Timeout: 5 * time.Second, SocketsPerUpstream: sockets, PortRotation: rotation}
 	})
 	m := new(dns.Msg)
 	m.SetQuestion("www.example.test.", dns.TypeA)
@@ -154,13 +186,14 @@ func TestUpstreamIDsUniform(t *testing.T) {
 			t.Fatalf("answer %x, want %x", r, want)
 		}
 	})
+	_, lo, hi, rangeErr := s.pairs[0].uw.PortRotation()
 	c := stop()
 	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
 	up.mu.Lock()
 	ids := append([]uint16(nil), up.ids...)
-	ports := len(up.ports)
+	order := append([]uint16(nil), up.order...)
 	up.mu.Unlock()
 	if len(ids) != n {
 		t.Fatalf("upstream saw %d queries, want %d", len(ids), n)
@@ -192,13 +225,52 @@ func TestUpstreamIDsUniform(t *testing.T) {
 	}
 	// 100 000 draws from 65 536 values leave about 65536·(1-e^(-100000/65536))
 	// ≈ 51 600 distinct; far fewer means a small or biased generator.
-	t.Logf("upstream IDs: %d distinct of %d; source ports: %d distinct (sockets per worker: %d, kernel-chosen, reused across queries)",
-		len(distinct), n, ports, sockets)
+	t.Logf("upstream IDs: %d distinct of %d", len(distinct), n)
 	if len(distinct) < 50_000 {
 		t.Errorf("only %d distinct IDs in %d queries", len(distinct), n)
 	}
-	if ports != sockets {
-		t.Errorf("queries came from %d source ports, want the %d upstream sockets", ports, sockets)
+
+	// Source ports.
+	if rangeErr != nil {
+		t.Logf("ephemeral range unreadable (%v), default used", rangeErr)
+	}
+	span := int(hi) - int(lo) + 1
+	var offs []int
+	outside := 0
+	for _, p := range order {
+		if p < lo || p > hi {
+			outside++ // a kernel-chosen fallback
+			continue
+		}
+		offs = append(offs, int(p-lo))
+	}
+	t.Logf("source ports: %d distinct in %d queries (range %d-%d, rotation every %d queries per socket); "+
+		"port_rotations %d, deferred %d, bind retries %d, fallbacks %d",
+		len(order), n, lo, hi, rotation, c.PortRotations, c.PortRotationsDeferred, c.PortBindRetries, c.PortBindFallbacks)
+	if uint64(outside) > c.PortBindFallbacks {
+		t.Errorf("%d source ports outside %d-%d, but only %d kernel fallbacks", outside, lo, hi, c.PortBindFallbacks)
+	}
+	// One draw per rotation: without deferrals n/rotation of them. A
+	// quarter lost to deferrals or repeats would already be suspicious.
+	if wantDraws := n / max(rotation, 1); len(order) < wantDraws*3/4 {
+		t.Fatalf("only %d distinct source ports for %d queries at a rotation every %d: about %d expected",
+			len(order), n, rotation, wantDraws)
+	}
+	diffOffs := make([]int, 0, len(offs))
+	for i := 1; i < len(offs); i++ {
+		diffOffs = append(diffOffs, ((offs[i]-offs[i-1])%span+span)%span)
+	}
+	for _, tc := range []struct {
+		name string
+		v    []int
+	}{{"values", offs}, {"successive differences", diffOffs}} {
+		buckets := min(256, len(tc.v)/20) // each expects ≥ 20
+		plimit := chiThresholdDF(float64(buckets - 1))
+		chi := chiSquarePorts(tc.v, span, buckets)
+		t.Logf("source ports, %s: chi-square %.1f (%d df, limit %.1f)", tc.name, chi, buckets-1, plimit)
+		if chi > plimit {
+			t.Errorf("source ports, %s: chi-square %.1f above %.1f: not uniform over the range", tc.name, chi, plimit)
+		}
 	}
 }
 
