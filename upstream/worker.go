@@ -92,7 +92,11 @@ type Stats struct {
 	Answered     atomic.Uint64
 	TimedOut     atomic.Uint64
 	ServfailSent atomic.Uint64 // of TimedOut, those answered with SERVFAIL
-	ReplyFailed  atomic.Uint64
+	// ServfailSendFailed: of SendFailed, those answered with SERVFAIL
+	// (ServfailOnTimeout: the client gets an answer whenever tapproxy
+	// cannot get one, also when the upstream socket refused the send).
+	ServfailSendFailed atomic.Uint64
+	ReplyFailed        atomic.Uint64
 	// Answered at once with SERVFAIL, nothing sent upstream.
 	ServfailAllDown atomic.Uint64
 	LoopDetected    atomic.Uint64
@@ -662,8 +666,31 @@ func (w *Worker) failSends() {
 	}
 	w.mu.Unlock()
 	locked = false
-	for _, i := range kept {
-		w.finishSendFailed(i)
+	// With ServfailOnTimeout the client is told at once: the upstream
+	// will never see this query. The replies are built and sent before
+	// any fate is counted, so a panic here leaves the fates to the
+	// recovery above, counted once.
+	sent := int64(0)
+	if w.cfg.ServfailOnTimeout && len(kept) > 0 {
+		for k, i := range kept {
+			sl := &w.tab.slots[i]
+			r := &w.imm.Pkts[k]
+			var qp *dnswire.Question
+			if sl.qok && sl.q.End <= len(r.Buf) {
+				qp = &sl.q
+			}
+			b := dnswire.AppendErrorReply(r.Buf[:0], sl.query, qp, dnswire.RcodeServFail)
+			r.N, r.Peer, r.Local, r.IfIndex = len(b), sl.client, sl.local.Addr(), sl.ifindex
+		}
+		_, _ = w.immW.Write(w.imm.Pkts[:len(kept)])
+		sent = time.Now().UnixNano()
+	}
+	for k, i := range kept {
+		var reply *listener.Packet
+		if sent != 0 && w.imm.Pkts[k].N > 0 {
+			reply = &w.imm.Pkts[k]
+		}
+		w.finishSendFailed(i, reply, sent)
 		done++
 	}
 	w.mu.Lock()
@@ -675,12 +702,16 @@ func (w *Worker) failSends() {
 	w.failKept = kept[:0]
 }
 
-// finishSendFailed counts slot i's fate, then updates health and logs it.
-func (w *Worker) finishSendFailed(i int32) {
+// finishSendFailed counts slot i's fate (and the SERVFAIL reply it got,
+// if any), then updates health and logs it.
+func (w *Worker) finishSendFailed(i int32, reply *listener.Packet, sent int64) {
 	sl := &w.tab.slots[i]
 	u := w.socks[sl.sock].up
 	u.InFlight.Add(-1)
 	w.stats.SendFailed.Add(1)
+	if reply != nil {
+		w.stats.ServfailSendFailed.Add(1)
+	}
 	defer w.recoverComplete("upstream.udp.sendfail")
 	if w.faultComplete != nil {
 		w.faultComplete("sendfail", sl.query)
@@ -688,6 +719,9 @@ func (w *Worker) finishSendFailed(i int32) {
 	w.cfg.Pool.Failure(u, false)
 	w.fillTx(sl, txn.SendFailed)
 	w.tx.UpstreamSent = 0
+	if reply != nil {
+		w.tx.Response, w.tx.ReplySent = reply.Buf[:reply.N], sent
+	}
 	w.cfg.Sink.Submit(&w.tx)
 }
 

@@ -101,7 +101,7 @@ func newServeFlags(stderr io.Writer) (*serveFlags, *flag.FlagSet, func(*server.C
 	fs.IntVar(&f.maxInflight, "max-inflight", upstream.DefaultMaxInflight, "in-flight queries per worker (a full table is a counted drop)")
 	fs.IntVar(&f.upSockets, "upstream-sockets", upstream.DefaultSocketsPerUpstream, "upstream UDP sockets per worker, each on a random source port")
 	fs.IntVar(&f.portRotate, "upstream-port-rotate", upstream.DefaultPortRotation, "queries per upstream socket before its source port is replaced by a new random one (RFC 5452: a forger must guess port and ID); 0 keeps fixed ports")
-	fs.BoolVar(&f.servfail, "servfail-on-timeout", false, "answer SERVFAIL when the upstream times out (default: send nothing)")
+	fs.BoolVar(&f.servfail, "servfail-on-timeout", false, "answer SERVFAIL when the upstream times out or the query cannot be sent to it (default: send nothing)")
 	fs.IntVar(&f.rcvbuf, "rcvbuf", 0, "socket receive buffer `BYTES` (SO_RCVBUFFORCE when permitted; 0: kernel default)")
 	fs.IntVar(&f.sndbuf, "sndbuf", 0, "socket send buffer `BYTES` (0: kernel default)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -79,6 +79,7 @@ var serverHelp = map[string]string{
 	"answered":                "Forwarded queries whose upstream answer was relayed to the client.",
 	"timed_out":               "Forwarded queries without an acceptable answer within the timeout.",
 	"servfail_sent":           "Timed-out queries answered SERVFAIL by tapproxy (informational, part of timed out).",
+	"servfail_send_failed":    "Queries whose upstream send failed, answered SERVFAIL by tapproxy (--servfail-on-timeout; informational, part of send failed).",
 	"reply_failed":            "Answered queries whose reply to the client could not be sent.",
 	"in_flight":               "UDP queries waiting for an upstream answer now.",
 	"resp_received":           "Datagrams received on upstream sockets (the sum of the response fates below).",

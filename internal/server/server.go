@@ -303,10 +303,13 @@ func (s *Server) Close() {
 
 // Counters is a snapshot of every fate counter, summed over workers.
 type Counters struct {
-	Received, DroppedShort, DroppedQR, RefusedACL, DroppedACL      uint64
-	DroppedInflightFull, SendFailed, Forwarded, Malformed          uint64
-	ServfailAllDown, LoopDetected, Failovers, RetriesDenied        uint64
-	Answered, TimedOut, ServfailSent, ReplyFailed                  uint64
+	Received, DroppedShort, DroppedQR, RefusedACL, DroppedACL uint64
+	DroppedInflightFull, SendFailed, Forwarded, Malformed     uint64
+	ServfailAllDown, LoopDetected, Failovers, RetriesDenied   uint64
+	Answered, TimedOut, ServfailSent, ReplyFailed             uint64
+	// ServfailSendFailed: of SendFailed, answered SERVFAIL
+	// (--servfail-on-timeout; informational).
+	ServfailSendFailed                                             uint64
 	RespReceived, RespMatched, RespShort, RespNotResponse          uint64
 	RespWrongSource, RespUnknownID, RespLate, RespQuestionMismatch uint64
 	RespReadErrors, KernelDrops, InFlight                          uint64
@@ -342,6 +345,7 @@ func (s *Server) Counters() Counters {
 		c.Answered += u.Answered.Load()
 		c.TimedOut += u.TimedOut.Load()
 		c.ServfailSent += u.ServfailSent.Load()
+		c.ServfailSendFailed += u.ServfailSendFailed.Load()
 		c.ReplyFailed += u.ReplyFailed.Load()
 		c.RespReceived += u.RespReceived.Load()
 		c.RespMatched += u.RespMatched.Load()
@@ -382,6 +386,7 @@ func (c Counters) Attrs() []any {
 		"servfail_all_down", c.ServfailAllDown, "loop_detected", c.LoopDetected,
 		"failovers", c.Failovers, "retries_denied", c.RetriesDenied,
 		"answered", c.Answered, "timed_out", c.TimedOut, "servfail_sent", c.ServfailSent,
+		"servfail_send_failed", c.ServfailSendFailed,
 		"reply_failed", c.ReplyFailed, "in_flight", c.InFlight,
 		"resp_received", c.RespReceived, "resp_matched", c.RespMatched, "resp_short", c.RespShort,
 		"resp_not_response", c.RespNotResponse, "resp_wrong_source", c.RespWrongSource,
