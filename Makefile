@@ -91,6 +91,11 @@ fuzz-run:
 soak: ## Soak: mixed UDP/TCP load, 1 % hostile, collector restarts, SIGHUPs for SOAK_TIME (default 10m)
 	SOAK_TIME=$(or $(SOAK_TIME),10m) bash bench/soak.sh
 
+# OVERLOAD_TIME (default 3m) and the other knobs are documented in bench/overload.sh.
+.PHONY: overload
+overload: ## Overload: 2x the measured capacity for OVERLOAD_TIME (default 3m), sampled, then recovery; appends to bench/RESULTS.md
+	OVERLOAD_TIME=$(or $(OVERLOAD_TIME),3m) bash bench/overload.sh --out bench/RESULTS.md
+
 clean: ## Remove build outputs and the test cache
 	rm -rf bin/
 	$(GO) clean -testcache
