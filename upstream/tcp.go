@@ -223,6 +223,10 @@ type TCPForwarder struct {
 	// maxRetryTokens (a burst of 100), and a second try costs 1000.
 	retryTokens int
 
+	// scratch pools *tscratch for completions off the reader and sweeper
+	// loops (servfailAllDown, giveUp).
+	scratch sync.Pool
+
 	stats  TCPStats
 	panics faultinject.PanicLog
 	wg     sync.WaitGroup
@@ -461,20 +465,59 @@ func (f *TCPForwarder) servfailAllDown(i int32) {
 	sl := &f.slots[i]
 	sl.xfr = false // it never held a transfer place
 	f.stats.ServfailAllDown.Add(1)
-	tx := new(txn.Transaction) // a rare path: every upstream is down
+	sc := f.getScratch()
+	tx := &sc.tx
 	f.fillTx(tx, sl, txn.ServfailAllDown)
 	tx.UpstreamSent = 0
-	var qp *dnswire.Question
-	if sl.qok {
-		qp = &sl.q
-	}
-	b := dnswire.AppendErrorReply(make([]byte, 0, len(sl.query)), sl.query, qp, dnswire.RcodeServFail)
+	b := sc.errorReply(sl, dnswire.RcodeServFail)
 	if sent, err := sl.client.Send(b); err == nil {
 		tx.Response, tx.ReplySent = b, sent
 	}
 	f.cfg.Sink.Submit(tx)
+	f.putScratch(sc)
 	sl.client.Finish()
 	f.release(i)
+}
+
+// maxErrReply is the room for a reply tapproxy makes itself (SERVFAIL):
+// the header and one question, whose name takes at most 256 octets in
+// place (255, or labels and a final pointer) plus type and class. Longer
+// cannot happen; append would still be correct, only allocating.
+const maxErrReply = 512
+
+// tscratch is the record and reply buffer of a completion that tapproxy
+// answers or logs outside the reader and sweeper loops (every upstream
+// down, a query given up). Those paths run on any goroutine, so scratch is
+// pooled: an outage costs no allocation per query. Sink.Submit and
+// TCPConn.Send do not retain what they are given, so it goes back to the
+// pool as soon as both have returned.
+type tscratch struct {
+	tx  txn.Transaction
+	buf [maxErrReply]byte
+}
+
+// errorReply builds the reply with rcode to slot sl's query in sc.buf:
+// header and question (when it parsed), as dnswire.AppendErrorReply does.
+func (sc *tscratch) errorReply(sl *tslot, rcode uint8) []byte {
+	var qp *dnswire.Question
+	if sl.qok {
+		qp = &sl.q
+	}
+	return dnswire.AppendErrorReply(sc.buf[:0], sl.query, qp, rcode)
+}
+
+func (f *TCPForwarder) getScratch() *tscratch {
+	if sc, ok := f.scratch.Get().(*tscratch); ok {
+		return sc
+	}
+	return new(tscratch)
+}
+
+// putScratch drops the record's references to query and reply bytes and
+// pools sc.
+func (f *TCPForwarder) putScratch(sc *tscratch) {
+	sc.tx = txn.Transaction{}
+	f.scratch.Put(sc)
 }
 
 // secondTryLocked decides where slot sl's second try goes, or refuses it

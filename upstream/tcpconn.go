@@ -329,7 +329,9 @@ func (f *TCPForwarder) giveUp(i int32, why int) {
 		f.stats.SendFailed.Add(1)
 		o = txn.SendFailed
 	case time.Now().UnixNano() >= sl.deadline:
-		f.expire(i, new(txn.Transaction))
+		sc := f.getScratch()
+		f.expire(i, sc)
+		f.putScratch(sc)
 		return
 	default:
 		f.stats.UpstreamClosed.Add(1)
@@ -338,35 +340,35 @@ func (f *TCPForwarder) giveUp(i int32, why int) {
 			sl.client.Abort()
 		}
 	}
-	tx := new(txn.Transaction)
+	sc := f.getScratch()
+	tx := &sc.tx
 	f.fillTx(tx, sl, o)
 	if o == txn.SendFailed {
 		tx.UpstreamSent = 0
 	}
 	f.cfg.Sink.Submit(tx)
+	f.putScratch(sc)
 	sl.client.Finish()
 	f.release(i)
 }
 
 // expire ends an owned slot whose deadline passed: SERVFAIL when
 // configured (never in the middle of a transfer: the client already has
-// part of it and is told by the connection closing instead).
-func (f *TCPForwarder) expire(i int32, tx *txn.Transaction) {
+// part of it and is told by the connection closing instead). The record
+// and the SERVFAIL are built in sc, which the caller owns.
+func (f *TCPForwarder) expire(i int32, sc *tscratch) {
 	sl := &f.slots[i]
 	f.stats.TimedOut.Add(1)
 	if sl.tu != nil {
 		f.pool.Failure(sl.tu.u, true)
 	}
+	tx := &sc.tx
 	f.fillTx(tx, sl, txn.TimedOut)
 	switch {
 	case sl.xfr && sl.xs.msgs > 0:
 		sl.client.Abort()
 	case f.cfg.ServfailOnTimeout:
-		var qp *dnswire.Question
-		if sl.qok {
-			qp = &sl.q
-		}
-		b := dnswire.AppendErrorReply(make([]byte, 0, len(sl.query)), sl.query, qp, dnswire.RcodeServFail)
+		b := sc.errorReply(sl, dnswire.RcodeServFail)
 		if sent, err := sl.client.Send(b); err == nil {
 			f.stats.ServfailSent.Add(1)
 			tx.Outcome = txn.TimedOutServfail
@@ -562,7 +564,7 @@ func (f *TCPForwarder) sweepLoop(ctx context.Context) {
 	defer t.Stop()
 	var expired []int32
 	var closing []*upConn
-	tx := new(txn.Transaction)
+	sc := new(tscratch) // this goroutine's own: timeouts allocate nothing
 	for {
 		select {
 		case <-ctx.Done():
@@ -614,7 +616,8 @@ func (f *TCPForwarder) sweepLoop(ctx context.Context) {
 			uc.close()
 		}
 		for _, i := range expired {
-			f.expire(i, tx)
+			f.expire(i, sc)
+			sc.tx = txn.Transaction{}
 		}
 	}
 }
