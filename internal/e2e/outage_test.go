@@ -163,7 +163,7 @@ func upstreamOutage(t *testing.T, servfail bool) {
 		return p.u("tapproxy_received_total")+p.clientKernelDrops() == sent && p.u("tapproxy_in_flight") == 0
 	})
 	cnt := tp.Stop()
-	replied := cnt["answered"] + cnt["servfail_sent"] + cnt["servfail_all_down"]
+	replied := cnt["answered"] + cnt["servfail_sent"] + cnt["servfail_send_failed"] + cnt["servfail_all_down"]
 	total := func() (n uint64) {
 		for _, s := range ss {
 			n += uint64(s.log.count())
@@ -220,16 +220,16 @@ func upstreamOutage(t *testing.T, servfail bool) {
 	}
 	t.Logf("%d queries; killed after %d answers, answers back %v after the kill; upstream answers %d, SERVFAIL %d, unanswered or SERVFAIL %d; %s",
 		sent, atKill.u("tapproxy_answered_total"), recoveredAfter.Round(time.Millisecond), upstreamAnswers, servfails, outageFailures,
-		testenv.FormatCounters(pickCounters(cnt, "received", "forwarded", "answered", "timed_out", "servfail_sent", "send_failed",
+		testenv.FormatCounters(pickCounters(cnt, "received", "forwarded", "answered", "timed_out", "servfail_sent", "send_failed", "servfail_send_failed",
 			"servfail_all_down", "failovers", "resp_late", "resp_unknown_id", "kernel_drops", "panics")))
 
 	if got != replied {
-		t.Errorf("clients got %d replies; tapproxy counted %d (answered %d + servfail_sent %d + servfail_all_down %d)",
-			got, replied, cnt["answered"], cnt["servfail_sent"], cnt["servfail_all_down"])
+		t.Errorf("clients got %d replies; tapproxy counted %d (answered %d + servfail_sent %d + servfail_send_failed %d + servfail_all_down %d)",
+			got, replied, cnt["answered"], cnt["servfail_sent"], cnt["servfail_send_failed"], cnt["servfail_all_down"])
 	}
-	if upstreamAnswers != cnt["answered"] || servfails != cnt["servfail_sent"]+cnt["servfail_all_down"] {
-		t.Errorf("upstream answers %d / SERVFAIL %d at the clients; counters answered %d, servfail_sent %d, servfail_all_down %d",
-			upstreamAnswers, servfails, cnt["answered"], cnt["servfail_sent"], cnt["servfail_all_down"])
+	if upstreamAnswers != cnt["answered"] || servfails != cnt["servfail_sent"]+cnt["servfail_send_failed"]+cnt["servfail_all_down"] {
+		t.Errorf("upstream answers %d / SERVFAIL %d at the clients; counters answered %d, servfail_sent %d, servfail_send_failed %d, servfail_all_down %d",
+			upstreamAnswers, servfails, cnt["answered"], cnt["servfail_sent"], cnt["servfail_send_failed"], cnt["servfail_all_down"])
 	}
 	if cnt["received"]+cnt["kernel_drops"] < sent || cnt["received"] > sent {
 		t.Errorf("received %d (kernel drops %d) of %d queries sent", cnt["received"], cnt["kernel_drops"], sent)
@@ -240,8 +240,12 @@ func upstreamOutage(t *testing.T, servfail bool) {
 	if outageFailures == 0 || cnt["timed_out"]+cnt["send_failed"]+cnt["servfail_all_down"] == 0 {
 		t.Errorf("no query failed while Unbound was dead: the outage was not exercised")
 	}
-	if servfail && cnt["servfail_sent"] != cnt["timed_out"] {
-		t.Errorf("--servfail-on-timeout: servfail_sent %d != timed_out %d", cnt["servfail_sent"], cnt["timed_out"])
+	if servfail && (cnt["servfail_sent"] != cnt["timed_out"] || cnt["servfail_send_failed"] != cnt["send_failed"]) {
+		t.Errorf("--servfail-on-timeout: servfail_sent %d != timed_out %d or servfail_send_failed %d != send_failed %d",
+			cnt["servfail_sent"], cnt["timed_out"], cnt["servfail_send_failed"], cnt["send_failed"])
+	}
+	if !servfail && cnt["servfail_send_failed"] != 0 {
+		t.Errorf("servfail_send_failed %d without --servfail-on-timeout", cnt["servfail_send_failed"])
 	}
 	if !servfail && servfails != 0 {
 		t.Errorf("%d SERVFAIL replies without --servfail-on-timeout", servfails)
