@@ -46,7 +46,7 @@ type Batch struct {
 // batch costs one allocation for its lifetime.
 func NewBatch(n, bufSize int) *Batch {
 	b := &Batch{Pkts: make([]Packet, n)}
-	block := make([]byte, n*bufSize)
+	block := allocBlock(n * bufSize)
 	for i := range b.Pkts {
 		b.Pkts[i].Buf = block[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
 	}
