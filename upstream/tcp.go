@@ -656,9 +656,21 @@ func (f *TCPForwarder) send(i int32) {
 		case sl.state == tCompleting:
 			f.mu.Unlock() // its completer frees it
 			return
-		case sl.orphaned:
-			sl.orphaned = false // the connection died under us: try again
+		case sl.orphaned && sl.relaying:
+			// The connection died while its reader relays part of a
+			// transfer: the reader sees orphaned and ends the slot.
 			f.mu.Unlock()
+			return
+		case sl.orphaned:
+			sl.orphaned = false // the connection died under us
+			midway := sl.xfr && sl.xs.msgs > 0
+			f.mu.Unlock()
+			if midway {
+				// Part of the transfer reached the client while we
+				// wrote: it cannot be restarted (as in retry).
+				f.giveUp(i, giveUpFailed)
+				return
+			}
 			continue
 		case err == nil:
 			f.mu.Unlock() // pending: the reader, sweeper or killer takes it from here
