@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -100,6 +102,10 @@ func TestBreakdownIsTrue(t *testing.T) {
 			_ = syscall.Kill(tp.PID, syscall.SIGCONT)
 		}
 	}()
+	// kill(2) returns before every thread has stopped: on a loaded
+	// machine one may still read (and log as read) the first query.
+	// Send nothing until the kernel shows them all stopped.
+	waitAllThreadsStopped(t, tp.PID)
 	for i := 0; i < n; i++ {
 		c, err := net.DialUDP("udp4", nil, srv)
 		if err != nil {
@@ -207,5 +213,37 @@ func TestBreakdownIsTrue(t *testing.T) {
 	}
 	if seen != n {
 		t.Fatalf("found %d CLIENT_QUERY records, want %d", seen, n)
+	}
+}
+
+// waitAllThreadsStopped waits (up to 10 s) until every thread of pid is in
+// state T (stopped) in /proc/PID/task/TID/stat.
+func waitAllThreadsStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("listing the threads of %d: %v (%d found)", pid, err, len(tasks))
+		}
+		running := 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // the thread exited
+			}
+			// "tid (comm) S ...": the state follows the last ')'.
+			i := bytes.LastIndexByte(b, ')')
+			if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				running++
+			}
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d threads of %d still not stopped 10 s after SIGSTOP", running, len(tasks), pid)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
