@@ -672,16 +672,7 @@ func (w *Worker) failSends() {
 	// recovery above, counted once.
 	sent := int64(0)
 	if w.cfg.ServfailOnTimeout && len(kept) > 0 {
-		for k, i := range kept {
-			sl := &w.tab.slots[i]
-			r := &w.imm.Pkts[k]
-			var qp *dnswire.Question
-			if sl.qok && sl.q.End <= len(r.Buf) {
-				qp = &sl.q
-			}
-			b := dnswire.AppendErrorReply(r.Buf[:0], sl.query, qp, dnswire.RcodeServFail)
-			r.N, r.Peer, r.Local, r.IfIndex = len(b), sl.client, sl.local.Addr(), sl.ifindex
-		}
+		w.servfails(kept, w.imm.Pkts)
 		_, _ = w.immW.Write(w.imm.Pkts[:len(kept)])
 		sent = time.Now().UnixNano()
 	}
@@ -700,6 +691,21 @@ func (w *Worker) failSends() {
 	}
 	w.mu.Unlock()
 	w.failKept = kept[:0]
+}
+
+// servfails builds in out[k] the SERVFAIL reply to slot slots[k]'s client:
+// the header and, when it parsed and fits, the question (RFC 1035 §4.1.1).
+func (w *Worker) servfails(slots []int32, out []listener.Packet) {
+	for k, i := range slots {
+		sl := &w.tab.slots[i]
+		r := &out[k]
+		var qp *dnswire.Question
+		if sl.qok && sl.q.End <= len(r.Buf) {
+			qp = &sl.q
+		}
+		b := dnswire.AppendErrorReply(r.Buf[:0], sl.query, qp, dnswire.RcodeServFail)
+		r.N, r.Peer, r.Local, r.IfIndex = len(b), sl.client, sl.local.Addr(), sl.ifindex
+	}
 }
 
 // finishSendFailed counts slot i's fate (and the SERVFAIL reply it got,
@@ -1125,20 +1131,9 @@ func (w *Worker) expire(chunk []int32, cw *listener.Writer, out *listener.Batch,
 	if w.faultComplete != nil {
 		w.faultComplete("expire-batch", w.tab.slots[chunk[0]].query)
 	}
-	m := 0
 	if w.cfg.ServfailOnTimeout {
-		for _, i := range chunk {
-			sl := &w.tab.slots[i]
-			r := &out.Pkts[m]
-			var qp *dnswire.Question
-			if sl.qok && sl.q.End <= len(r.Buf) {
-				qp = &sl.q
-			}
-			b := dnswire.AppendErrorReply(r.Buf[:0], sl.query, qp, dnswire.RcodeServFail)
-			r.N, r.Peer, r.Local, r.IfIndex = len(b), sl.client, sl.local.Addr(), sl.ifindex
-			m++
-		}
-		_, _ = cw.Write(out.Pkts[:m])
+		w.servfails(chunk, out.Pkts)
+		_, _ = cw.Write(out.Pkts[:len(chunk)])
 	}
 	sent := time.Now().UnixNano()
 	for k, i := range chunk {
