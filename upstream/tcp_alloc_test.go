@@ -18,24 +18,7 @@ import (
 // tcpSilentUpstream accepts connections and reads them, never answering.
 func tcpSilentUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return tcpTestUpstream(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 }
 
 // outcomeSink remembers the outcome of the last transaction (no allocation).

@@ -16,8 +16,9 @@ import (
 	"github.com/tapproxy/tapproxy/listener"
 )
 
-// tcpEchoUpstream answers every framed message with itself, QR set.
-func tcpEchoUpstream(t *testing.T) netip.AddrPort {
+// tcpTestUpstream listens on loopback and runs serve on each accepted
+// connection (closing it afterwards) until the test ends.
+func tcpTestUpstream(t *testing.T, serve func(c net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -32,27 +33,35 @@ func tcpEchoUpstream(t *testing.T) netip.AddrPort {
 			}
 			go func() {
 				defer c.Close()
-				var l [2]byte
-				for {
-					if _, err := io.ReadFull(c, l[:]); err != nil {
-						return
-					}
-					m := make([]byte, 2+int(binary.BigEndian.Uint16(l[:])))
-					copy(m, l[:])
-					if _, err := io.ReadFull(c, m[2:]); err != nil {
-						return
-					}
-					if len(m) >= 14 {
-						m[4] |= 0x80
-					}
-					if _, err := c.Write(m); err != nil {
-						return
-					}
-				}
+				serve(c)
 			}()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// tcpEchoUpstream answers every framed message with itself, QR set.
+func tcpEchoUpstream(t *testing.T) netip.AddrPort {
+	t.Helper()
+	return tcpTestUpstream(t, func(c net.Conn) {
+		var l [2]byte
+		for {
+			if _, err := io.ReadFull(c, l[:]); err != nil {
+				return
+			}
+			m := make([]byte, 2+int(binary.BigEndian.Uint16(l[:])))
+			copy(m, l[:])
+			if _, err := io.ReadFull(c, m[2:]); err != nil {
+				return
+			}
+			if len(m) >= 14 {
+				m[4] |= 0x80
+			}
+			if _, err := c.Write(m); err != nil {
+				return
+			}
+		}
+	})
 }
 
 // TestTCPForwarderRecoversPanic: a panic while a TCP query is taken in is
