@@ -111,21 +111,7 @@ func impairNetns(t *testing.T) {
 			t.Fatalf("%s (iproute2) is required: apt-get install iproute2", tool)
 		}
 	}
-	id := os.Getpid() % 100000
-	nsUp, nsPx := fmt.Sprintf("tpi-up-%d", id), fmt.Sprintf("tpi-px-%d", id)
-	vUp, vPx := fmt.Sprintf("tpiu%d", id), fmt.Sprintf("tpip%d", id)
-	runIP(t, "netns", "add", nsUp)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsUp).Run() })
-	runIP(t, "netns", "add", nsPx)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsPx).Run() })
-	runIP(t, "-n", nsUp, "link", "add", vUp, "type", "veth", "peer", "name", vPx, "netns", nsPx)
-	runIP(t, "-n", nsUp, "addr", "add", "192.0.2.1/24", "dev", vUp)
-	runIP(t, "-n", nsPx, "addr", "add", "192.0.2.2/24", "dev", vPx)
-	for _, ns := range []string{nsUp, nsPx} {
-		runIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
-	runIP(t, "-n", nsUp, "link", "set", vUp, "up")
-	runIP(t, "-n", nsPx, "link", "set", vPx, "up")
+	nsUp, nsPx, vUp, vPx := netnsPair(t, "tpi")
 
 	upAddr := netip.MustParseAddrPort("192.0.2.1:53")
 	// netem: the same impairment as the relay, in each direction (delay

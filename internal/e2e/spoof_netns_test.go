@@ -191,21 +191,7 @@ func TestForgedAnswersNetns(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Fatal("python3 is required: apt-get install python3")
 	}
-	id := os.Getpid() % 100000
-	nsUp, nsPx := fmt.Sprintf("tpx-up-%d", id), fmt.Sprintf("tpx-px-%d", id)
-	vUp, vPx := fmt.Sprintf("tpxu%d", id), fmt.Sprintf("tpxp%d", id)
-	runIP(t, "netns", "add", nsUp)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsUp).Run() })
-	runIP(t, "netns", "add", nsPx)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsPx).Run() })
-	runIP(t, "-n", nsUp, "link", "add", vUp, "type", "veth", "peer", "name", vPx, "netns", nsPx)
-	runIP(t, "-n", nsUp, "addr", "add", "192.0.2.1/24", "dev", vUp)
-	runIP(t, "-n", nsPx, "addr", "add", "192.0.2.2/24", "dev", vPx)
-	for _, ns := range []string{nsUp, nsPx} {
-		runIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
-	runIP(t, "-n", nsUp, "link", "set", vUp, "up")
-	runIP(t, "-n", nsPx, "link", "set", vPx, "up")
+	nsUp, nsPx, _, _ := netnsPair(t, "tpx")
 
 	const perQuery = 10
 	forger := startInNetns(t, nsUp, "python3", "-c", forgerScript, "192.0.2.1", fmt.Sprint(perQuery))
@@ -275,4 +261,29 @@ func TestForgedAnswersNetns(t *testing.T) {
 	if cnt["resp_received"] != cnt["resp_matched"]+rejected+cnt["resp_wrong_source"]+cnt["resp_short"]+cnt["resp_not_response"]+cnt["resp_panic"] {
 		t.Errorf("response fates do not add up: %s", testenv.FormatCounters(cnt))
 	}
+}
+
+// netnsPair creates two network namespaces, "upstream" and "proxy", joined
+// by a veth pair (192.0.2.1/24 on the upstream side, 192.0.2.2/24 on the
+// proxy side: TEST-NET-1, reachable only between the two), loopback up in
+// both; everything is deleted when the test ends. Names carry prefix and
+// the test process's PID, so parallel packages do not collide.
+func netnsPair(t *testing.T, prefix string) (nsUp, nsPx, vethUp, vethPx string) {
+	t.Helper()
+	id := os.Getpid() % 100000
+	nsUp, nsPx = fmt.Sprintf("%s-up-%d", prefix, id), fmt.Sprintf("%s-px-%d", prefix, id)
+	vUp, vPx := fmt.Sprintf("%su%d", prefix, id), fmt.Sprintf("%sp%d", prefix, id)
+	runIP(t, "netns", "add", nsUp)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsUp).Run() })
+	runIP(t, "netns", "add", nsPx)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", nsPx).Run() })
+	runIP(t, "-n", nsUp, "link", "add", vUp, "type", "veth", "peer", "name", vPx, "netns", nsPx)
+	runIP(t, "-n", nsUp, "addr", "add", "192.0.2.1/24", "dev", vUp)
+	runIP(t, "-n", nsPx, "addr", "add", "192.0.2.2/24", "dev", vPx)
+	for _, ns := range []string{nsUp, nsPx} {
+		runIP(t, "-n", ns, "link", "set", "lo", "up")
+	}
+	runIP(t, "-n", nsUp, "link", "set", vUp, "up")
+	runIP(t, "-n", nsPx, "link", "set", vPx, "up")
+	return nsUp, nsPx, vUp, vPx
 }
