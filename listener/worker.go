@@ -111,8 +111,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = w.conn.Unblock() })
 	defer stop()
 	var lastErr time.Time
+	// One closure per Run, not per batch. A batch read as ctx ends is
+	// still handled: its datagrams are counted and forwarded like any other.
+	onBatch := func(n int) bool {
+		w.handle(n, time.Now().UnixNano())
+		return ctx.Err() == nil
+	}
 	for {
-		n, err := w.reader.Read()
+		err := w.reader.ReadLoop(onBatch)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -130,9 +136,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				lastErr = time.Now()
 			}
 			time.Sleep(time.Millisecond)
-			continue
 		}
-		w.handle(n, time.Now().UnixNano())
 	}
 }
 

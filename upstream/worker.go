@@ -772,6 +772,15 @@ func (w *Worker) readLoop(ctx context.Context, p int) {
 		replies: make([]listener.Packet, 0, listener.BatchSize), matched: make([]int32, 0, listener.BatchSize),
 		lens: make([]int, 0, listener.BatchSize), kts: make([]int64, 0, listener.BatchSize)}
 	var r *listener.Reader
+	// Built once per slot, not per socket or batch. A batch read as ctx
+	// ends is still classified and relayed. Stopping once the socket is
+	// closing matters when datagrams keep arriving (a flood of forgeries
+	// at a retired port): the reader would otherwise never wait, and so
+	// never see the deadline that tells it to close the socket.
+	onBatch := func(n int) bool {
+		w.readBatch(p, n, b)
+		return ctx.Err() == nil && !w.isClosing(ps)
+	}
 	for {
 		w.mu.Lock()
 		c, closed := ps.conn, w.closed
@@ -789,7 +798,7 @@ func (w *Worker) readLoop(ctx context.Context, p int) {
 		} else {
 			r.Rebind(c)
 		}
-		if !w.readConn(ctx, p, c, r, b) {
+		if !w.readConn(ctx, p, c, r, onBatch) {
 			return
 		}
 		// Empty the drained socket before closing it: what arrived after
@@ -813,16 +822,19 @@ const maxCloseReads = 16
 
 // readConn reads socket c of slot p until ctx is done or the socket is
 // closed (false), or until it has drained after being retired (true).
-func (w *Worker) readConn(ctx context.Context, p int, c *listener.Conn, r *listener.Reader, b *readBuffers) bool {
+func (w *Worker) readConn(ctx context.Context, p int, c *listener.Conn, r *listener.Reader, onBatch func(int) bool) bool {
 	ps := w.phys[p]
 	s := w.socks[ps.sock]
 	stop := context.AfterFunc(ctx, func() { _ = c.Unblock() })
 	defer stop()
 	var lastErr time.Time
 	for {
-		n, err := r.Read()
+		err := r.ReadLoop(onBatch)
 		if ctx.Err() != nil {
 			return false
+		}
+		if err == nil && w.isClosing(ps) {
+			return true // onBatch stopped: drained while datagrams kept coming
 		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -848,9 +860,7 @@ func (w *Worker) readConn(ctx context.Context, p int, c *listener.Conn, r *liste
 				lastErr = time.Now()
 			}
 			time.Sleep(time.Millisecond)
-			continue
 		}
-		w.readBatch(p, n, b)
 	}
 }
 
