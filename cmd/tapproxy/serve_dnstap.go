@@ -180,7 +180,7 @@ func (o *dnstapOutput) attrs() []any {
 		a = append(a, "dnstap_lost_after_write", fs.FramesLost, "dnstap_file_rotations", fs.Rotations, "dnstap_file_write_errors", fs.WriteErrors)
 	case o.sock != nil:
 		ss := o.sock.Stats()
-		a = append(a, "dnstap_lost_after_write", ss.FramesLost, "dnstap_connects", ss.Connects, "dnstap_connected", ss.Connected)
+		a = append(a, "dnstap_lost_after_write", ss.FramesLost, "dnstap_write_waits", ss.WriteWaits, "dnstap_connects", ss.Connects, "dnstap_connected", ss.Connected)
 	}
 	return a
 }

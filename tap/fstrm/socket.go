@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -84,6 +85,7 @@ type Disconnects struct {
 // SocketStats are the SocketWriter's counters.
 type SocketStats struct {
 	Frames          uint64 // data frames written to a connection
+	WriteWaits      uint64 // writes that found the socket buffer full and waited for the collector
 	FramesLost      uint64 // frames accepted by WriteFrame, then lost with their connection
 	ConnectAttempts uint64
 	Connects        uint64 // handshakes completed
@@ -142,6 +144,7 @@ type SocketWriter struct {
 	closed bool // writer goroutine
 
 	frames, lost, attempts, connects atomic.Uint64
+	waits                            atomic.Uint64 // see SocketStats.WriteWaits
 	hs                               [hsCount]atomic.Uint64
 	disc                             [discCount]atomic.Uint64
 	connected                        atomic.Int64
@@ -158,6 +161,7 @@ type slot struct {
 // sconn is one established connection.
 type sconn struct {
 	nc         net.Conn
+	raw        *rawWriter // nil: write with nc.Write
 	born       time.Time
 	buf        []byte // whole frames not yet written; writer goroutine only
 	bufFrames  int
@@ -325,6 +329,7 @@ func (w *SocketWriter) Close() error {
 func (w *SocketWriter) Stats() SocketStats {
 	st := SocketStats{
 		Frames:          w.frames.Load(),
+		WriteWaits:      w.waits.Load(),
 		FramesLost:      w.lost.Load(),
 		ConnectAttempts: w.attempts.Load(),
 		Connects:        w.connects.Load(),
@@ -390,8 +395,7 @@ func (w *SocketWriter) dropLost(c *sconn, exclude int) {
 // killed, its frames are counted as lost except the last `exclude` (which
 // the caller reports as an error), and a wrapped error is returned.
 func (w *SocketWriter) flushConn(s *slot, c *sconn, deadline time.Time, exclude int) error {
-	_ = c.nc.SetWriteDeadline(deadline)
-	if _, err := c.nc.Write(c.buf); err != nil {
+	if err := c.write(c.buf, deadline); err != nil {
 		reason := discWriteError
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			reason = discWriteTimeout
@@ -415,8 +419,7 @@ func (w *SocketWriter) finish(c *sconn) error {
 	c.stopSent.Store(true)
 	n := c.bufFrames
 	c.buf = append(c.buf, w.stop...)
-	_ = c.nc.SetWriteDeadline(time.Now().Add(w.opts.WriteTimeout))
-	if _, err := c.nc.Write(c.buf); err != nil {
+	if err := c.write(c.buf, time.Now().Add(w.opts.WriteTimeout)); err != nil {
 		reason := discWriteError
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			reason = discWriteTimeout
@@ -439,6 +442,16 @@ func (w *SocketWriter) finish(c *sconn) error {
 		w.kill(c, discNoFinish, nil)
 		return fmt.Errorf("fstrm: no FINISH from %s %s within %v", w.opts.Network, w.opts.Address, w.opts.FinishTimeout)
 	}
+}
+
+// write writes all of b, waiting at most until deadline.
+func (c *sconn) write(b []byte, deadline time.Time) error {
+	if c.raw == nil {
+		_ = c.nc.SetWriteDeadline(deadline)
+		_, err := c.nc.Write(b)
+		return err
+	}
+	return c.raw.write(b, c.nc, deadline)
 }
 
 // kill ends a connection once, counting the first reason.
@@ -574,8 +587,13 @@ func (w *SocketWriter) dial() (*sconn, hsReason, error) {
 		_ = nc.Close()
 		return nil, reason, fmt.Errorf("handshake with %s %s: %w", w.opts.Network, w.opts.Address, err)
 	}
+	var raw *rawWriter
+	if sc, ok := nc.(syscall.Conn); ok {
+		raw = newRawWriter(sc, &w.waits)
+	}
 	c := &sconn{
 		nc:         nc,
+		raw:        raw,
 		born:       time.Now(),
 		buf:        make([]byte, 0, w.opts.BufferSize),
 		dead:       make(chan struct{}),

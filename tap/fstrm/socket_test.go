@@ -532,3 +532,74 @@ func TestSocketWriteFrameAllocs(t *testing.T) {
 		t.Errorf("WriteFrame allocates %.1f times per frame", allocs)
 	}
 }
+
+// TestSocketSlowCollectorWrites: a collector slower than the writer fills
+// the socket buffer, so writes must wait for room (counted in WriteWaits)
+// and still deliver every byte; and a write long after such a wait, when
+// the deadline it set is in the past, must not fail with that deadline.
+func TestSocketSlowCollectorWrites(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			// 16 MiB: more than loopback TCP's autotuned buffers hold.
+			const frames, size = 2048, 8 << 10
+			want := frames*(4+size) + 4 + 1 // the big frames, then one of 1 byte
+			got := make(chan int, 1)
+			fc := startFake(t, network, true, func(c net.Conn, _ <-chan struct{}) {
+				if !collectorHandshake(c) {
+					got <- -1
+					return
+				}
+				// Slow: at most 64 KiB per millisecond, far below a
+				// loopback writer's speed, so the socket buffer fills.
+				buf := make([]byte, 64<<10)
+				total := 0
+				for total < want {
+					n, err := c.Read(buf)
+					total += n
+					if err != nil {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+				got <- total
+			})
+			timeout := time.Second
+			w := newTestSocketWriter(t, SocketOptions{
+				Network: network, Address: fc.l.Addr().String(),
+				WriteTimeout: timeout, BufferSize: 64 << 10,
+			})
+			waitConnected(t, w, 1)
+			payload := bytes.Repeat([]byte{0x42}, size)
+			for i := range frames {
+				if err := w.WriteFrame(payload); err != nil {
+					t.Fatalf("frame %d: %v", i, err)
+				}
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if st := w.Stats(); st.WriteWaits == 0 {
+				t.Fatalf("no write waited (stats %+v): the collector was not slow enough to test the waiting path", st)
+			}
+			// Let the deadline set by the last wait pass, then write again.
+			time.Sleep(timeout + 100*time.Millisecond)
+			if err := w.WriteFrame([]byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatalf("write after an old wait's deadline: %v", err)
+			}
+			select {
+			case n := <-got:
+				if n != want {
+					t.Fatalf("collector read %d bytes, want %d", n, want)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("collector did not receive every byte")
+			}
+			if st := w.Stats(); st.Frames != frames+1 || st.FramesLost != 0 || st.Connected != 1 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
