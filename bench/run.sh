@@ -32,7 +32,6 @@ LOAD_CPU=${LOAD_CPU:-0}
 RESP_PORT=${RESP_PORT:-15400}
 PROXY_PORT=${PROXY_PORT:-15401}
 RESP_SOCKETS=${RESP_SOCKETS:-1}
-RSS_RESET=1 # cleared when /proc/PID/clear_refs refuses the peak-RSS reset
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 COMMAND_LINE="$0 $*"
@@ -195,11 +194,11 @@ dnsperf_get() {
 # ---------------------------------------------------------------- contestants
 # start_contestant NAME: starts the collector (if any) and the proxy (if any)
 # on top of an already running responder. Sets PORT, PID (the process whose
-# CPU and memory are measured), CAP_PID, CAP_FILE. Returns 1 with NA_REASON
-# set if the contestant cannot run.
+# CPU and memory are measured), CAP_PID, CAP_FILE, SOCK. Returns 1 with
+# NA_REASON set if the contestant cannot run.
 start_contestant() {
 	local name=$1
-	PORT=$PROXY_PORT PID="" CAP_PID="" CAP_FILE="" NA_REASON=""
+	PORT=$PROXY_PORT PID="" CAP_PID="" CAP_FILE="" NA_REASON="" SOCK=""
 	case "$name" in
 	direct)
 		PORT=$RESP_PORT PID=$RESP_PID
@@ -219,7 +218,7 @@ start_contestant() {
 			NA_REASON="fstrm_capture or dnstap CLI not installed"
 			return 1
 		fi
-		sock=$RUN/dnstap.sock
+		sock=$RUN/dnstap.sock SOCK=$RUN/dnstap.sock
 		CAP_FILE=$RUN/dnstap.fstrm
 		taskset -c "$LOAD_CPU" fstrm_capture -t protobuf:dnstap.Dnstap -u "$sock" -w "$CAP_FILE" \
 			>"$RUN/collector.log" 2>&1 &
@@ -230,7 +229,21 @@ start_contestant() {
 			return 1
 		fi
 	fi
+	start_proxy "$name"
+}
+
+# start_proxy NAME: starts the proxy of contestant NAME (for direct: a fresh
+# responder), logging to the collector at $SOCK if set, and waits until it
+# answers (and its log reaches the collector). Sets PID; returns 1 with
+# NA_REASON set if it cannot run.
+start_proxy() {
+	local name=$1 sock=$SOCK
 	case "$name" in
+	direct)
+		start_responder
+		PID=$RESP_PID
+		return 0
+		;;
 	tapproxy | tapproxy-dnstap)
 		local args=(--listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$RESP_PORT" --workers 1)
 		[ -n "$sock" ] && args+=(--dnstap-unix "$sock")
@@ -276,20 +289,30 @@ start_contestant() {
 	return 0
 }
 
+# start_responder: a fresh reference responder on CPU LOAD_CPU; sets RESP_PID.
+start_responder() {
+	rm -f "$RUN/responder.ready"
+	taskset -c "$LOAD_CPU" "$RESPONDER" --listen "127.0.0.1:$RESP_PORT" --sockets "$RESP_SOCKETS" \
+		--ready-file "$RUN/responder.ready" >>"$RUN/responder.log" 2>&1 &
+	RESP_PID=$!
+	PIDS+=("$RESP_PID")
+	if ! wait_for "[ -s '$RUN/responder.ready' ] || ! alive $RESP_PID" 10 || [ ! -s "$RUN/responder.ready" ]; then
+		die "responder did not start: $(cat "$RUN/responder.log")"
+	fi
+}
+
 # run_one ROUND NAME: one fresh contestant, both load phases, one TSV row.
+# The proxy (for direct, the responder) is started afresh for the fixed-rate
+# phase, so its peak RSS is that of a process that only ever served that
+# rate: a Go process keeps heap pages an unlimited run touched, and a reset
+# of the peak (clear_refs) cannot give them back.
 run_one() {
 	local round=$1 name=$2
 	RUN=$WORK/r$round-$name
 	mkdir -p "$RUN"
 	: >"$RUN/probes"
 	log "round $round: $name"
-	taskset -c "$LOAD_CPU" "$RESPONDER" --listen "127.0.0.1:$RESP_PORT" --sockets "$RESP_SOCKETS" \
-		--ready-file "$RUN/responder.ready" >"$RUN/responder.log" 2>&1 &
-	RESP_PID=$!
-	PIDS+=("$RESP_PID")
-	if ! wait_for "[ -s '$RUN/responder.ready' ] || ! alive $RESP_PID" 10 || [ ! -s "$RUN/responder.ready" ]; then
-		die "responder did not start: $(cat "$RUN/responder.log")"
-	fi
+	start_responder
 	if ! start_contestant "$name"; then
 		log "  $name not available: $NA_REASON"
 		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "$(echo "$NA_REASON" | cut -c1-200)" >>"$WORK/rows.tsv"
@@ -299,18 +322,37 @@ run_one() {
 		return
 	fi
 	# Phase 1: unlimited rate.
-	local c0 c1 c2
+	local c0 c1 c2 c3
 	c0=$(cpu_ticks "$PID")
 	dnsperf_run max
 	c1=$(cpu_ticks "$PID")
-	# Peak RSS of the unlimited run, then reset the peak (clear_refs 5,
-	# Linux ≥ 4.0) so the fixed-rate run's peak is its own.
 	local rss_max
 	rss_max=$(vm_hwm_kib "$PID")
-	echo 5 >"/proc/$PID/clear_refs" 2>/dev/null || RSS_RESET=0
-	# Phase 2: fixed rate.
-	dnsperf_run rate -Q "$RATE"
+	if ! alive "$PID"; then
+		log "  $name died during the run; see $RUN/proxy.log (use --keep)"
+		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "died during the unlimited run" >>"$WORK/rows.tsv"
+		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
+		stop_pid "$PID"
+		[ "$PID" != "$RESP_PID" ] && stop_pid "$RESP_PID"
+		return
+	fi
+	# Phase 2: fixed rate, on a fresh proxy (see above). What the first
+	# one logged reaches the collector before it stops.
+	[ -n "$CAP_FILE" ] && { wait_stable "$CAP_FILE" || log "  dnstap file still growing after 15 s"; }
+	stop_pid "$PID"
+	[ -n "$CAP_FILE" ] && { wait_stable "$CAP_FILE" || true; }
+	[ -f "$RUN/proxy.log" ] && mv "$RUN/proxy.log" "$RUN/proxy-max.log"
+	if ! start_proxy "$name"; then
+		log "  $name did not restart for the fixed-rate run: $NA_REASON"
+		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "restart: $(echo "$NA_REASON" | cut -c1-180)" >>"$WORK/rows.tsv"
+		[ -n "$PID" ] && stop_pid "$PID"
+		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
+		stop_pid "$RESP_PID"
+		return
+	fi
 	c2=$(cpu_ticks "$PID")
+	dnsperf_run rate -Q "$RATE"
+	c3=$(cpu_ticks "$PID")
 	local rss
 	rss=$(vm_hwm_kib "$PID")
 	if ! alive "$PID"; then
@@ -337,10 +379,16 @@ run_one() {
 		stop_pid "$PID"
 	fi
 	stop_pid "$RESP_PID"
-	if [ "$PID" != "$RESP_PID" ] && grep -q 'final counters' "$RUN/proxy.log" 2>/dev/null; then
+	if [ "$PID" != "$RESP_PID" ]; then
 		# Non-zero counters only: the full line has dozens of TCP keys.
-		echo "round $round $name: $(grep -h 'final counters' "$RUN/proxy.log" | sed 's/.*msg="final counters" //' |
-			tr ' ' '\n' | grep -v '=0$' | tr '\n' ' ')" >>"$WORK/counters.txt"
+		local f phase
+		for f in proxy-max proxy; do
+			grep -qs 'final counters' "$RUN/$f.log" || continue
+			phase=max
+			[ "$f" = proxy ] && phase=rate
+			echo "round $round $name ($phase run): $(grep -h 'final counters' "$RUN/$f.log" | sed 's/.*msg="final counters" //' |
+				tr ' ' '\n' | grep -v '=0$' | tr '\n' ' ')" >>"$WORK/counters.txt"
+		done
 	fi
 	if [ -s "$RUN/dnstap-types.txt" ]; then
 		echo "round $round $name dnstap messages by type: $(cat "$RUN/dnstap-types.txt")" >>"$WORK/counters.txt"
@@ -361,7 +409,7 @@ run_one() {
 	[ "$probes" -lt 1 ] && probes=1
 	# Computed in awk: CPU seconds = ticks / CLK_TCK.
 	awk -v round="$round" -v name="$name" -v qps="$qps" -v comp1="$comp1" -v comp2="$comp2" \
-		-v d1=$((c1 - c0)) -v d2=$((c2 - c1)) -v hz="$CLK_TCK" -v rqps="$rqps" -v lat="$lat" \
+		-v d1=$((c1 - c0)) -v d2=$((c3 - c2)) -v hz="$CLK_TCK" -v rqps="$rqps" -v lat="$lat" \
 		-v rss="$rss" -v rss_max="$rss_max" -v lost1="$lost1" -v lost2="$lost2" -v msgs="$msgs" -v probes="$probes" 'BEGIN {
 		s1 = d1 / hz; s2 = d2 / hz
 		per_cpu = (s1 > 0) ? sprintf("%.0f", comp1 / s1) : "-"
@@ -476,7 +524,7 @@ report() {
 	echo
 	table
 	echo
-	echo "Columns: max qps from the unlimited run; queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (reset after the unlimited run through /proc/PID/clear_refs$([ "$RSS_RESET" = 1 ] || echo ': the reset FAILED here, so it covers both runs')) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
+	echo "Columns: max qps from the unlimited run; queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (a fresh process: every proxy, and for direct the responder, is restarted between the two runs) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
 	echo
 	echo "<details><summary>per-round rows</summary>"
 	echo
