@@ -467,7 +467,7 @@ func TestArenaIntegrity(t *testing.T) {
 	enc := NewEncoder(EncoderOptions{})
 	l := NewLogger(LoggerOptions{QueueEntries: 50, QueueBytes: MinQueueBytes}, enc, &fakeWriter{}, nil)
 	rng := rand.New(rand.NewPCG(1, 2))
-	var next, checked uint64
+	var next, checked, lastSeq uint64
 	fill := func(seq uint64, n int, salt byte) []byte {
 		b := make([]byte, n)
 		for i := range b {
@@ -514,8 +514,17 @@ func TestArenaIntegrity(t *testing.T) {
 			if !bytes.Equal(q, fill(s.t.Seq, s.qlen, 'q')) || (s.rlen > 0 && !bytes.Equal(r, fill(s.t.Seq, s.rlen, 'r'))) {
 				t.Fatalf("seq %d: bytes overwritten", s.t.Seq)
 			}
+			if s.t.Seq < lastSeq {
+				t.Fatalf("seq %d popped after %d: not FIFO", s.t.Seq, lastSeq)
+			}
+			lastSeq = s.t.Seq
 			checked++
 			l.pop()
+			if l.count == 0 && (l.head != 0 || l.aHead != 0 || l.aTail != 0) {
+				// An empty queue starts again at the front: only the
+				// first pages of the rings stay resident at modest rates.
+				t.Fatalf("empty queue left at slot %d, arena [%d, %d)", l.head, l.aHead, l.aTail)
+			}
 		}
 		l.mu.Unlock()
 	}
