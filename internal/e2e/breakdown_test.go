@@ -23,8 +23,9 @@ import (
 // TestBreakdownIsTrue: the latency breakdown tapproxy logs is what really
 // happened. The test stops tapproxy (SIGSTOP) for a known interval while
 // queries arrive at a known pace, then lets it run: each query's logged
-// client-socket queue delay (kernel receive → worker read) must equal the
-// time it actually waited in the socket (within 5 %), and the logged
+// client-socket queue delay (kernel receive → worker read) must lie between
+// the time tapproxy was resumed and the time the query reached the upstream
+// (it cannot have been read before the one or after the other), and the logged
 // upstream RTT must hold the time the fake upstream really held the query,
 // exceeding it only by send and delivery (see the bound below).
 func TestBreakdownIsTrue(t *testing.T) {
@@ -141,11 +142,6 @@ func TestBreakdownIsTrue(t *testing.T) {
 		t.Fatalf("answered %d of %d", c["answered"], n)
 	}
 
-	within := func(got, want time.Duration) bool {
-		tol := max(want/20, 100*time.Microsecond)
-		d := got - want
-		return d >= -tol && d <= tol
-	}
 	seen := 0
 	for _, r := range dtReadFile(t, file, true) {
 		if r.M.GetType() != dnstap.Message_CLIENT_QUERY {
@@ -183,9 +179,12 @@ func TestBreakdownIsTrue(t *testing.T) {
 		if !ok {
 			t.Fatalf("query %#x never reached the upstream", id)
 		}
+		// Only these two bounds: how long tapproxy took from its read to
+		// the upstream's receive is scheduling, and on a loaded machine
+		// it reached 12 ms (with the queue delays of 130-210 ms here).
 		wantQ := time.Duration(up - kernel.UnixNano())
 		gotQ := time.Duration(a.QueueDelay)
-		if !within(gotQ, wantQ) || gotQ > wantQ+100*time.Microsecond || gotQ < resumed.Sub(kernel)-time.Millisecond {
+		if gotQ > wantQ+100*time.Microsecond || gotQ < resumed.Sub(kernel)-time.Millisecond {
 			t.Errorf("query %#x: logged queue delay %v; it reached the upstream %v after the kernel stamp, SIGCONT came %v after it",
 				id, gotQ, wantQ, resumed.Sub(kernel))
 		}
@@ -200,11 +199,13 @@ func TestBreakdownIsTrue(t *testing.T) {
 		// The RTT runs from tapproxy's send to its kernel's receive of the
 		// answer, so it holds the upstream's time and can only exceed it
 		// by the send syscall and loopback delivery: never less (beyond
-		// clock granularity), and more only by scheduling noise, which
-		// on a loaded 2-CPU CI machine under -race reaches milliseconds.
-		// Both stay far below the ~100-300 ms queue delay the test
+		// clock granularity), and more only by scheduling noise (of
+		// tapproxy, and of the fake upstream between its stamp and its
+		// send), which on a loaded 2-CPU machine reaches several
+		// milliseconds (7.5 ms seen with the whole suite running beside
+		// it). Both stay far below the ~100-300 ms queue delay the test
 		// separates the RTT from.
-		if rtt := time.Duration(a.RTT); rtt < h-100*time.Microsecond || rtt > h+h/20+5*time.Millisecond {
+		if rtt := time.Duration(a.RTT); rtt < h-100*time.Microsecond || rtt > h+h/10+10*time.Millisecond {
 			t.Errorf("query %#x: logged upstream RTT %v, the upstream held it %v", id, time.Duration(a.RTT), h)
 		}
 		if a.Total < a.QueueDelay+a.RTT || a.Proxy < 0 {
