@@ -5,7 +5,9 @@
 // goroutine; Reopen and Stats are safe from any goroutine.
 //
 // It must never block the caller for long: every socket write carries a
-// deadline, dialling happens off the writer goroutine, a disconnected or
+// deadline (on Linux a socket write is first tried as a non-blocking send,
+// and only a full socket buffer makes it wait, in the netpoller, counted in
+// SocketStats.WriteWaits), dialling happens off the writer goroutine, a disconnected or
 // failing writer refuses frames at once, and retries are rate-limited. It
 // must never write a partial frame into a file it closes, append to a file
 // it did not create, or delete a file holding frames.
