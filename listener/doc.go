@@ -1,6 +1,9 @@
 // Package listener owns tapproxy's client-facing sockets: for each listen
 // address, N SO_REUSEPORT UDP sockets, each read by one fixed worker in
-// batches (recvmmsg) and written in batches (sendmmsg).
+// batches (recvmmsg) and written in batches (sendmmsg). Readers wait in Go's
+// netpoller; Reader.ReadLoop goes back to waiting right after a batch shorter
+// than the batch size (the queue was empty) instead of reading once more for
+// an EAGAIN. The same Reader and Writer serve upstream's sockets.
 //
 // Per datagram it records the kernel receive time (SO_TIMESTAMPNS, socket(7)),
 // the time the worker read it, the destination address (IP_PKTINFO, ip(7);
