@@ -301,6 +301,16 @@ start_responder() {
 	fi
 }
 
+# abandon ROUND NAME REASON: records the contestant's row as NA and stops
+# what it started (the proxy, unless it is the responder; the collector; the
+# responder).
+abandon() {
+	printf '%s\t%s\tNA\t%s\n' "$1" "$2" "$(echo "$3" | cut -c1-200)" >>"$WORK/rows.tsv"
+	[ -n "$PID" ] && [ "$PID" != "$RESP_PID" ] && stop_pid "$PID"
+	[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
+	stop_pid "$RESP_PID"
+}
+
 # run_one ROUND NAME: one fresh contestant, both load phases, one TSV row.
 # The proxy (for direct, the responder) is started afresh for the fixed-rate
 # phase, so its peak RSS is that of a process that only ever served that
@@ -315,10 +325,7 @@ run_one() {
 	start_responder
 	if ! start_contestant "$name"; then
 		log "  $name not available: $NA_REASON"
-		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "$(echo "$NA_REASON" | cut -c1-200)" >>"$WORK/rows.tsv"
-		[ -n "$PID" ] && [ "$PID" != "$RESP_PID" ] && stop_pid "$PID"
-		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
-		stop_pid "$RESP_PID"
+		abandon "$round" "$name" "$NA_REASON"
 		return
 	fi
 	# Phase 1: unlimited rate.
@@ -330,10 +337,7 @@ run_one() {
 	rss_max=$(vm_hwm_kib "$PID")
 	if ! alive "$PID"; then
 		log "  $name died during the run; see $RUN/proxy.log (use --keep)"
-		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "died during the unlimited run" >>"$WORK/rows.tsv"
-		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
-		stop_pid "$PID"
-		[ "$PID" != "$RESP_PID" ] && stop_pid "$RESP_PID"
+		abandon "$round" "$name" "died during the unlimited run"
 		return
 	fi
 	# Phase 2: fixed rate, on a fresh proxy (see above). What the first
@@ -344,10 +348,7 @@ run_one() {
 	[ -f "$RUN/proxy.log" ] && mv "$RUN/proxy.log" "$RUN/proxy-max.log"
 	if ! start_proxy "$name"; then
 		log "  $name did not restart for the fixed-rate run: $NA_REASON"
-		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "restart: $(echo "$NA_REASON" | cut -c1-180)" >>"$WORK/rows.tsv"
-		[ -n "$PID" ] && stop_pid "$PID"
-		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
-		stop_pid "$RESP_PID"
+		abandon "$round" "$name" "restart: $NA_REASON"
 		return
 	fi
 	c2=$(cpu_ticks "$PID")
@@ -357,10 +358,7 @@ run_one() {
 	rss=$(vm_hwm_kib "$PID")
 	if ! alive "$PID"; then
 		log "  $name died during the run; see $RUN/proxy.log (use --keep)"
-		printf '%s\t%s\tNA\t%s\n' "$round" "$name" "died during the run" >>"$WORK/rows.tsv"
-		[ -n "$CAP_PID" ] && stop_pid "$CAP_PID"
-		stop_pid "$PID"
-		stop_pid "$RESP_PID"
+		abandon "$round" "$name" "died during the fixed-rate run"
 		return
 	fi
 
