@@ -1,9 +1,7 @@
 package listener
 
 import (
-	"context"
 	"errors"
-	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -14,27 +12,7 @@ import (
 // are all delivered, in order; handle returning false ends ReadLoop with
 // nil; Unblock ends a waiting ReadLoop with the deadline error.
 func TestReadLoop(t *testing.T) {
-	ctx := context.Background()
-	srv, err := ListenUDP(ctx, netip.MustParseAddrPort("127.0.0.1:0"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cli, err := DialUDP(ctx, srv.LocalAddr(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	send := func(lens ...int) {
-		t.Helper()
-		out := NewBatch(len(lens), 64)
-		for i, n := range lens {
-			out.Pkts[i].N = n
-		}
-		if failed, err := cli.NewWriter(len(lens)).Write(out.Pkts); failed != 0 || err != nil {
-			t.Fatalf("write: %d %v", failed, err)
-		}
-	}
+	srv, cli := loopbackPair(t)
 	const total = 9
 	in := NewBatch(4, MaxDatagram)
 	r := srv.NewReader(in)
@@ -65,9 +43,9 @@ func TestReadLoop(t *testing.T) {
 			}
 		}
 	}
-	send(12, 13, 14) // a short batch: the loop then waits without reading
+	sendLens(t, cli, 12, 13, 14) // a short batch: the loop then waits without reading
 	recv(12, 13, 14)
-	send(20, 21, 22, 23, 24, 25) // a full batch of 4, then 2 more
+	sendLens(t, cli, 20, 21, 22, 23, 24, 25) // a full batch of 4, then 2 more
 	recv(20, 21, 22, 23, 24, 25)
 	select {
 	case err := <-done:

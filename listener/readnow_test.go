@@ -13,26 +13,10 @@ import (
 // queued, then 0 when the queue is empty: a socket about to close is
 // emptied, not discarded.
 func TestReadNowIgnoresDeadline(t *testing.T) {
-	ctx := context.Background()
-	srv, err := ListenUDP(ctx, netip.MustParseAddrPort("127.0.0.1:0"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cli, err := DialUDP(ctx, srv.LocalAddr(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	srv, cli := loopbackPair(t)
 	// One datagram first, read with a normal Read: once it is in, the
 	// other two (sent in the same sendmmsg, behind it) are queued too.
-	out := NewBatch(3, 64)
-	for i := range out.Pkts {
-		out.Pkts[i].N = 12 + i
-	}
-	if failed, err := cli.NewWriter(3).Write(out.Pkts); failed != 0 || err != nil {
-		t.Fatalf("write: %d %v", failed, err)
-	}
+	sendLens(t, cli, 12, 13, 14)
 	in := NewBatch(1, MaxDatagram)
 	r := srv.NewReader(in)
 	if n, err := r.Read(); n != 1 || err != nil {
@@ -63,5 +47,35 @@ func TestReadNowIgnoresDeadline(t *testing.T) {
 	}
 	if _, err := r.ReadNow(); err == nil {
 		t.Fatal("ReadNow on a closed socket: no error")
+	}
+}
+
+// loopbackPair returns a socket on 127.0.0.1 and one connected to it, both
+// closed when the test ends.
+func loopbackPair(t *testing.T) (srv, cli *Conn) {
+	t.Helper()
+	ctx := context.Background()
+	srv, err := ListenUDP(ctx, netip.MustParseAddrPort("127.0.0.1:0"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	cli, err = DialUDP(ctx, srv.LocalAddr(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return srv, cli
+}
+
+// sendLens sends, in one sendmmsg from cli, one datagram of each length.
+func sendLens(t *testing.T, cli *Conn, lens ...int) {
+	t.Helper()
+	out := NewBatch(len(lens), 64)
+	for i, n := range lens {
+		out.Pkts[i].N = n
+	}
+	if failed, err := cli.NewWriter(len(lens)).Write(out.Pkts); failed != 0 || err != nil {
+		t.Fatalf("write: %d %v", failed, err)
 	}
 }
