@@ -457,10 +457,13 @@ func (c *sconn) write(b []byte, deadline time.Time) error {
 // kill ends a connection once, counting the first reason.
 func (w *SocketWriter) kill(c *sconn, r discReason, err error) {
 	c.once.Do(func() {
+		// dead first, then the counters: whoever sees Connected fall
+		// (or a Disconnects counter rise) then finds the connection
+		// refused by WriteFrame, not one more frame buffered into it.
+		close(c.dead)
 		w.disc[r].Add(1)
 		w.connected.Add(-1)
 		_ = c.nc.Close()
-		close(c.dead)
 		if r == discClosed {
 			w.log.Debug("dnstap collector connection closed", "network", w.opts.Network, "address", w.opts.Address)
 			return

@@ -183,6 +183,57 @@ func TestSocketCollectorKilled(t *testing.T) {
 	}
 }
 
+// TestKillOrder checks what TestSocketCollectorKilled relies on, without
+// its timing: once Stats shows a connection gone (Connected down, a
+// Disconnects counter up), WriteFrame refuses it. kill used to count first
+// and mark the connection dead after closing the socket, and in that gap a
+// frame was buffered into the dead connection and WriteFrame returned nil
+// (seen once in CI). Each round kills a fresh connection in another
+// goroutine while this one, as the writer, watches the counters.
+func TestKillOrder(t *testing.T) {
+	t.Parallel()
+	w := newTestSocketWriter(t, SocketOptions{Network: "unix", Address: filepath.Join(t.TempDir(), "none.sock"), BackoffMin: time.Hour})
+	s := w.slots[0]
+	deadline := time.Now().Add(20 * time.Second)
+	for round := range 300 {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f0, f1 := os.NewFile(uintptr(fds[0]), "a"), os.NewFile(uintptr(fds[1]), "b")
+		nc, err := net.FileConn(f0)
+		_ = f0.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No reader runs for this connection: readerDone starts closed,
+		// so that Close at cleanup does not wait for one.
+		c := &sconn{nc: nc, dead: make(chan struct{}), finished: make(chan struct{}), readerDone: make(chan struct{})}
+		close(c.readerDone)
+		s.cur = c
+		w.connected.Add(1)
+		before := w.Stats().Disconnects.PeerClosed
+		go w.kill(c, discPeerClosed, io.EOF)
+		for i := 0; ; i++ {
+			st := w.Stats()
+			if st.Connected == 0 || st.Disconnects.PeerClosed != before {
+				break
+			}
+			if i%1024 == 0 && time.Now().After(deadline) {
+				t.Fatalf("round %d: kill never counted", round)
+			}
+		}
+		if err := w.WriteFrame(dnstapFrame(t, round)); !errors.Is(err, ErrNotConnected) {
+			t.Fatalf("round %d: connection counted gone, WriteFrame: %v, want ErrNotConnected", round, err)
+		}
+		<-c.dead
+		_ = f1.Close()
+	}
+	if st := w.Stats(); st.Disconnects.PeerClosed != 300 || st.Connected != 0 || st.FramesLost != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
 // ---------------------------------------------------------------- fake collectors
 
 // fakeCollector accepts connections and runs behave on each, recording how
