@@ -14,7 +14,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 RATE=${RATE:-20000}
 OUT=${OUT:-}
-CONTESTANTS=${CONTESTANTS:-direct,tapproxy,tapproxy-dnstap,dnsdist,dnsdist-dnstap}
+CONTESTANTS=${CONTESTANTS:-direct,direct-cross,tapproxy,tapproxy-dnstap,dnsdist,dnsdist-dnstap}
 TAPPROXY=${TAPPROXY:-}
 RESPONDER=${RESPONDER:-}
 QUICK=${QUICK:-0}
@@ -29,6 +29,7 @@ QUERIES=${QUERIES:-10000}                  # lines in the generated query file
 # responder and the dnstap collector share LOAD_CPU.
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
+RESP_CPU=$LOAD_CPU # the responder's CPU; PROXY_CPU for direct-cross
 RESP_PORT=${RESP_PORT:-15400}
 PROXY_PORT=${PROXY_PORT:-15401}
 RESP_SOCKETS=${RESP_SOCKETS:-1}
@@ -63,6 +64,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 for t in dnsperf taskset getconf dig awk; do
 	command -v "$t" >/dev/null || die "$t is required (apt-get install dnsperf util-linux bind9-dnsutils)"
 done
+if ! [[ $DURATION =~ ^[0-9]+$ ]] || [ "$DURATION" -lt 3 ]; then
+	die "--duration must be a whole number of seconds, at least 3 (the CPU-busy sample skips 1 s at each end)"
+fi
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -115,6 +119,20 @@ awk -v n="$QUERIES" 'BEGIN {
 cpu_ticks() {
 	# Fields after the ")" that ends comm: state is 1, utime 12, stime 13.
 	sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'
+}
+# cpu_busy_snap: "cpuN busy total" per CPU from /proc/stat (busy = all but
+# idle and iowait), for cpu_busy_pct.
+cpu_busy_snap() { awk '/^cpu[0-9]/ {print $1, $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# cpu_busy_pct SNAP0 SNAP1 CPU: percent of CPU busy between the snapshots.
+cpu_busy_pct() {
+	awk -v a="$1" -v b="$2" -v c="cpu$3" 'BEGIN {
+		n = split(a, x, "\n"); split(b, y, "\n")
+		for (i = 1; i <= n; i++) {
+			split(x[i], p, " "); split(y[i], q, " ")
+			if (p[1] == c && q[3] > p[3]) { printf "%.0f", 100 * (q[2] - p[2]) / (q[3] - p[3]); exit }
+		}
+		print "-"
+	}'
 }
 vm_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 alive() { kill -0 "$1" 2>/dev/null; }
@@ -200,7 +218,7 @@ start_contestant() {
 	local name=$1
 	PORT=$PROXY_PORT PID="" CAP_PID="" CAP_FILE="" NA_REASON="" SOCK=""
 	case "$name" in
-	direct)
+	direct | direct-cross)
 		PORT=$RESP_PORT PID=$RESP_PID
 		return 0
 		;;
@@ -239,7 +257,7 @@ start_contestant() {
 start_proxy() {
 	local name=$1 sock=$SOCK
 	case "$name" in
-	direct)
+	direct | direct-cross)
 		start_responder
 		PID=$RESP_PID
 		return 0
@@ -289,10 +307,11 @@ start_proxy() {
 	return 0
 }
 
-# start_responder: a fresh reference responder on CPU LOAD_CPU; sets RESP_PID.
+# start_responder: a fresh reference responder on CPU RESP_CPU (LOAD_CPU,
+# except for direct-cross); sets RESP_PID.
 start_responder() {
 	rm -f "$RUN/responder.ready"
-	taskset -c "$LOAD_CPU" "$RESPONDER" --listen "127.0.0.1:$RESP_PORT" --sockets "$RESP_SOCKETS" \
+	taskset -c "$RESP_CPU" "$RESPONDER" --listen "127.0.0.1:$RESP_PORT" --sockets "$RESP_SOCKETS" \
 		--ready-file "$RUN/responder.ready" >>"$RUN/responder.log" 2>&1 &
 	RESP_PID=$!
 	PIDS+=("$RESP_PID")
@@ -322,6 +341,10 @@ run_one() {
 	mkdir -p "$RUN"
 	: >"$RUN/probes"
 	log "round $round: $name"
+	# direct-cross: the responder alone on the proxy's CPU, so that
+	# every packet crosses between the CPUs as it does through a proxy.
+	RESP_CPU=$LOAD_CPU
+	[ "$name" = direct-cross ] && RESP_CPU=$PROXY_CPU
 	start_responder
 	if ! start_contestant "$name"; then
 		log "  $name not available: $NA_REASON"
@@ -330,9 +353,20 @@ run_one() {
 	fi
 	# Phase 1: unlimited rate.
 	local c0 c1 c2 c3
+	# Which CPU bounds the unlimited run: each CPU's busy share, sampled
+	# inside the load (1 s after its start to 1 s before its end).
+	local b0 b1 busy_load busy_proxy dp
 	c0=$(cpu_ticks "$PID")
-	dnsperf_run max
+	dnsperf_run max &
+	dp=$!
+	sleep 1
+	b0=$(cpu_busy_snap)
+	sleep $((DURATION - 2))
+	b1=$(cpu_busy_snap)
+	wait "$dp"
 	c1=$(cpu_ticks "$PID")
+	busy_load=$(cpu_busy_pct "$b0" "$b1" "$LOAD_CPU")
+	busy_proxy=$(cpu_busy_pct "$b0" "$b1" "$PROXY_CPU")
 	local rss_max
 	rss_max=$(vm_hwm_kib "$PID")
 	if ! alive "$PID"; then
@@ -408,13 +442,14 @@ run_one() {
 	# Computed in awk: CPU seconds = ticks / CLK_TCK.
 	awk -v round="$round" -v name="$name" -v qps="$qps" -v comp1="$comp1" -v comp2="$comp2" \
 		-v d1=$((c1 - c0)) -v d2=$((c3 - c2)) -v hz="$CLK_TCK" -v rqps="$rqps" -v lat="$lat" \
-		-v rss="$rss" -v rss_max="$rss_max" -v lost1="$lost1" -v lost2="$lost2" -v msgs="$msgs" -v probes="$probes" 'BEGIN {
+		-v rss="$rss" -v rss_max="$rss_max" -v lost1="$lost1" -v lost2="$lost2" -v msgs="$msgs" -v probes="$probes" \
+		-v busy_load="$busy_load" -v busy_proxy="$busy_proxy" 'BEGIN {
 		s1 = d1 / hz; s2 = d2 / hz
 		per_cpu = (s1 > 0) ? sprintf("%.0f", comp1 / s1) : "-"
 		us_per_q = (comp2 > 0) ? sprintf("%.1f", s2 * 1e6 / comp2) : "-"
 		per_ans = (msgs != "-") ? sprintf("%.3f", msgs / (comp1 + comp2 + probes)) : "-"
-		printf "%s\t%s\tOK\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%.1f\n", round, name, qps, per_cpu, us_per_q,
-			rqps, lat, rss / 1024, per_ans, lost1, lost2, msgs, rss_max / 1024
+		printf "%s\t%s\tOK\t%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\n", round, name, qps, per_cpu, us_per_q,
+			rqps, lat, rss / 1024, per_ans, lost1, lost2, msgs, rss_max / 1024, busy_load, busy_proxy
 	}' >>"$WORK/rows.tsv"
 	log "  $(tail -n 1 "$WORK/rows.tsv" | cut -f4-)"
 }
@@ -486,14 +521,14 @@ median() {
 table() {
 	local direct
 	direct=$(median direct 4)
-	echo "| contestant | max qps | vs direct | queries per proxy CPU-s | CPU µs/query @${RATE} qps | achieved qps @${RATE} | avg latency @${RATE} (µs) | peak RSS @${RATE} / max (MiB) | dnstap msgs/answer | lost (max / @${RATE}) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| contestant | max qps | vs direct | CPU busy at max, load / proxy (%) | queries per proxy CPU-s | CPU µs/query @${RATE} qps | achieved qps @${RATE} | avg latency @${RATE} (µs) | peak RSS @${RATE} / max (MiB) | dnstap msgs/answer | lost (max / @${RATE}) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	local name
 	for name in "${LIST[@]}"; do
 		if ! awk -F'\t' -v n="$name" '$2 == n && $3 == "OK" {f = 1} END {exit !f}' "$WORK/rows.tsv"; then
 			local why
 			why=$(awk -F'\t' -v n="$name" '$2 == n && $3 == "NA" {print $4; exit}' "$WORK/rows.tsv" | cut -c1-160 | tr '|' '/')
-			echo "| $name | not available ($why) | | | | | | | | |"
+			echo "| $name | not available ($why) | | | | | | | | | |"
 			continue
 		fi
 		local q ratio label=$name
@@ -501,10 +536,11 @@ table() {
 		ratio=$(awk -v a="$q" -v b="$direct" 'BEGIN { if (b > 0 && a != "-") printf "%.2f", a / b; else print "-" }')
 		case "$name" in
 		direct) label="direct (CPU = responder's)" ;;
+		direct-cross) label="direct-cross (responder on CPU $PROXY_CPU)" ;;
 		tapproxy*) label="$name (--workers 1)" ;;
 		esac
-		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "$label" "$q" "$ratio" \
-			"$(median "$name" 5)" "$(median "$name" 6)" "$(median "$name" 7)" "$(median "$name" 8)" \
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "$label" "$q" "$ratio" \
+			"$(median "$name" 15) / $(median "$name" 16)" "$(median "$name" 5)" "$(median "$name" 6)" "$(median "$name" 7)" "$(median "$name" 8)" \
 			"$(median "$name" 9) / $(median "$name" 14)" "$(median "$name" 10)" "$(median "$name" 11)" "$(median "$name" 12)"
 	done
 }
@@ -515,19 +551,19 @@ report() {
 	echo "- command: \`$COMMAND_LINE\` (ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE QUICK=$QUICK)"
 	echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
 	versions
-	echo "- layout: proxy under test alone on CPU $PROXY_CPU (started under taskset, all threads); dnsperf, responder ($RESP_SOCKETS socket(s)) and fstrm_capture on CPU $LOAD_CPU; tapproxy runs with --workers 1 because it has one CPU"
+	echo "- layout: proxy under test alone on CPU $PROXY_CPU (started under taskset, all threads); dnsperf, responder ($RESP_SOCKETS socket(s)) and fstrm_capture on CPU $LOAD_CPU; tapproxy runs with --workers 1 because it has one CPU; direct-cross: the responder alone on CPU $PROXY_CPU instead (not a ratio base: it shows what crossing between the CPUs costs with no proxy at all)"
 	echo "- load: dnsperf -T 1 -c $DNSPERF_CLIENTS -q $DNSPERF_OUTSTANDING -t $DNSPERF_TIMEOUT$([ "$DNSPERF_EDNS" = 1 ] && echo ' -e') -l $DURATION, $QUERIES-line mix (40% A, 30% AAAA, 10% TXT, 20% NXDOMAIN); max = no -Q, then -Q $RATE"
 	echo "- each contestant started fresh per round, order reversed on even rounds; medians of $ROUNDS round(s)"
 	echo "- background CPU use in the 2 s before the run: $BACKGROUND; loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo
 	table
 	echo
-	echo "Columns: max qps from the unlimited run; queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (a fresh process: every proxy, and for direct the responder, is restarted between the two runs) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
+	echo "Columns: max qps from the unlimited run; CPU busy at max = share of each CPU not idle in the middle of that run (CPU $LOAD_CPU = load, CPU $PROXY_CPU = proxy; near 100 on the load CPU means the load side, not the proxy, set the max); queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (a fresh process: every proxy, and for direct the responder, is restarted between the two runs) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
 	echo
 	echo "<details><summary>per-round rows</summary>"
 	echo
 	echo '```'
-	printf 'round\tcontestant\tstatus\tmax_qps\tq_per_cpu_s\tcpu_us_per_q\trate_qps\tlat_us\trss_mib\tmsgs_per_ans\tlost_max\tlost_rate\tdnstap_msgs\trss_max_mib\n'
+	printf 'round\tcontestant\tstatus\tmax_qps\tq_per_cpu_s\tcpu_us_per_q\trate_qps\tlat_us\trss_mib\tmsgs_per_ans\tlost_max\tlost_rate\tdnstap_msgs\trss_max_mib\tbusy_load_pct\tbusy_proxy_pct\n'
 	cat "$WORK/rows.tsv"
 	if [ -s "$WORK/counters.txt" ]; then
 		echo
