@@ -9,7 +9,9 @@
 // the time the worker read it, the destination address (IP_PKTINFO, ip(7);
 // IPV6_RECVPKTINFO, RFC 3542 §6) so replies leave from the address the client
 // asked even on a wildcard bind, and the socket's kernel drop counter
-// (SO_RXQ_OVFL). Options the kernel refuses are reported, never ignored.
+// (SO_RXQ_OVFL; Conn.KernelDrops also reads it with SO_MEMINFO, since each
+// datagram carries the count as of its own queueing). Options the kernel
+// refuses are reported, never ignored.
 //
 // It must never allocate or start a goroutine per packet, and never parse
 // more of a message than the header: what a query means is upstream's job.

@@ -39,7 +39,7 @@ type Sources struct {
 	Counters func() server.Counters
 	// Upstreams returns the pool's upstreams (upstream.Pool.Upstreams).
 	Upstreams func() []*upstream.Upstream
-	// SocketDrops returns each UDP socket's SO_RXQ_OVFL count
+	// SocketDrops returns each UDP socket's kernel drop count
 	// (server.Server.SocketDrops); nil leaves the per-socket metric out.
 	SocketDrops func() []server.SocketDrop
 	// Tap returns the dnstap Logger's counters (tap.Logger.Stats).
@@ -100,7 +100,7 @@ var serverHelp = map[string]string{
 	"port_bind_retries":       "Random upstream source ports found in use (EADDRINUSE), each followed by a new draw (informational).",
 	"port_bind_fallbacks":     "Upstream sockets left to the kernel's port choice after too many random ports in use (informational).",
 	"port_open_errors":        "Failed attempts to open an upstream socket for a new source port, retried with backoff (informational).",
-	"kernel_drops":            "Datagrams the kernel dropped on a full socket receive queue (SO_RXQ_OVFL), summed over all client and upstream UDP sockets.",
+	"kernel_drops":            "Datagrams the kernel dropped on a full socket receive queue (SO_MEMINFO, SO_RXQ_OVFL), summed over all client and upstream UDP sockets.",
 }
 
 func serverMetricName(key string) (string, prometheus.ValueType) {
@@ -187,7 +187,8 @@ func toFloat(v any) (float64, bool) {
 }
 
 // socketCollector exports the kernel's receive-queue drop counter per UDP
-// socket, for the sockets where SO_RXQ_OVFL took.
+// socket, for the sockets where SO_RXQ_OVFL took (the count itself is also
+// read with SO_MEMINFO: listener.Conn.KernelDrops).
 type socketCollector struct {
 	drops func() []server.SocketDrop
 	desc  *prometheus.Desc
@@ -195,7 +196,7 @@ type socketCollector struct {
 
 func newSocketCollector(f func() []server.SocketDrop) *socketCollector {
 	return &socketCollector{drops: f, desc: prometheus.NewDesc(Namespace+"_socket_kernel_drops_total",
-		"Datagrams the kernel dropped on full UDP socket receive queues (SO_RXQ_OVFL), per client listen address (kind=client) and per upstream (kind=upstream, socket is the upstream's address: its sockets' source ports rotate; closed sockets included); only where the option took.",
+		"Datagrams the kernel dropped on full UDP socket receive queues (SO_MEMINFO, SO_RXQ_OVFL), per client listen address (kind=client) and per upstream (kind=upstream, socket is the upstream's address: its sockets' source ports rotate; closed sockets included); only where the option took.",
 		[]string{"kind", "socket"}, nil)}
 }
 

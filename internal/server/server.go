@@ -453,7 +453,7 @@ type SocketDrop struct {
 	Drops uint64
 }
 
-// SocketDrops lists the SO_RXQ_OVFL drop counters, one per client address
+// SocketDrops lists the kernel drop counters, one per client address
 // and one per upstream, where the kernel accepted the option (sockets
 // without it are left out rather than reported as 0). The keys are stable
 // while ports rotate, so metrics built on them do not grow a series per
