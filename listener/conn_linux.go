@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -62,11 +61,7 @@ type Conn struct {
 	// kernel's cumulative count of datagrams dropped on this socket's
 	// receive queue.
 	drops atomic.Uint32
-	// KernelDrops' getsockopt: its callback and results, under dmu.
-	dmu  sync.Mutex
-	dfn  func(fd uintptr)
-	dnow uint32
-	dok  bool
+	dfn   func(fd uintptr) // readDrops, built once: a closure per call would allocate
 }
 
 // ListenUDP opens a UDP socket bound to addr with the options applied.
@@ -220,18 +215,16 @@ func (c *Conn) Features() Features { return c.features }
 // open, and the larger of the two kept: after Close, the last value read.
 // A system call each time: for counters and retirement, not per packet.
 func (c *Conn) KernelDrops() uint32 {
-	c.dmu.Lock()
-	c.dok = false
-	if err := c.rc.Control(c.dfn); err == nil && c.dok {
-		c.noteDrops(c.dnow)
-	}
-	c.dmu.Unlock()
+	_ = c.rc.Control(c.dfn) // fails once closed: the last value read stands
 	return c.drops.Load()
 }
 
-// readDrops is c.dfn, the RawConn.Control callback of KernelDrops (built
-// once per socket: a closure per call would allocate). Under dmu.
-func (c *Conn) readDrops(fd uintptr) { c.dnow, c.dok = meminfoDrops(fd) }
+// readDrops is KernelDrops' RawConn.Control callback.
+func (c *Conn) readDrops(fd uintptr) {
+	if d, ok := meminfoDrops(fd); ok {
+		c.noteDrops(d)
+	}
+}
 
 // meminfoDrops reads SK_MEMINFO_DROPS (Linux 4.6 and later; ok is false
 // where the kernel's answer is too short to hold it).
