@@ -458,18 +458,13 @@ run_one() {
 # Background load, measured for 2 s before anything starts: on a shared
 # machine the numbers below are only as good as this.
 idle_check() {
-	local a b
-	a=$(awk '/^cpu[0-9]/ {print $1, $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+	local a b c
+	a=$(cpu_busy_snap)
 	sleep 2
-	b=$(awk '/^cpu[0-9]/ {print $1, $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN {
-		n = split(a, x, "\n"); split(b, y, "\n")
-		for (i = 1; i <= n; i++) {
-			split(x[i], p, " "); split(y[i], q, " ")
-			t = q[3] - p[3]
-			printf "%s %.0f%% ", p[1], (t > 0) ? 100 * (q[2] - p[2]) / t : 0
-		}
-	}'
+	b=$(cpu_busy_snap)
+	while read -r c _; do
+		printf '%s %s%% ' "$c" "$(cpu_busy_pct "$a" "$b" "${c#cpu}")"
+	done <<<"$a"
 }
 BACKGROUND="$(idle_check)(loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
 log "background CPU use before the run: $BACKGROUND"
