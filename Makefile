@@ -29,8 +29,11 @@ DEBIAN_PACKAGES := unbound bind9 bind9-utils bind9-dnsutils knot-dnsutils dnsper
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## Build bin/tapproxy
-	$(GO) build -o bin/tapproxy ./cmd/tapproxy
+# CGO_ENABLED=0 -trimpath: a static binary, built as the packages build it
+# (packaging/), so that what bench/ measures is what ships; symbols are kept
+# (the packages strip them with -s -w) so that perf can name functions.
+build: ## Build bin/tapproxy (static, as packaged)
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/tapproxy ./cmd/tapproxy
 
 demo: ## Run tapproxy in front of a local test responder; show answers and the dnstap log (needs only Go)
 	bash bench/demo.sh

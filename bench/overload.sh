@@ -104,11 +104,11 @@ p=s.getsockname()[1]; u.bind(("127.0.0.1",p)); print(p)'; }
 # --- binaries --------------------------------------------------------------
 if [ -z "$RESPONDER" ]; then
 	RESPONDER=$WORK/responder
-	(cd "$ROOT" && go build -o "$RESPONDER" ./bench/cmd/responder) || die "building the responder failed"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$RESPONDER" ./bench/cmd/responder) || die "building the responder failed"
 fi
 if [ -z "$TAPPROXY" ]; then
 	TAPPROXY=$WORK/tapproxy
-	(cd "$ROOT" && go build -o "$TAPPROXY" ./cmd/tapproxy) || die "building tapproxy failed"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$TAPPROXY" ./cmd/tapproxy) || die "building tapproxy failed"
 fi
 
 # The paced sender (bench/cmd/flood).

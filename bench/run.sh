@@ -88,12 +88,15 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- binaries
 if [ -z "$RESPONDER" ]; then
 	RESPONDER=$WORK/responder
-	(cd "$ROOT" && go build -o "$RESPONDER" ./bench/cmd/responder) || die "building the responder failed"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$RESPONDER" ./bench/cmd/responder) || die "building the responder failed"
 fi
 TAPPROXY_NA=""
 if [ -z "$TAPPROXY" ]; then
 	TAPPROXY=$WORK/tapproxy
-	if ! (cd "$ROOT" && go build -o "$TAPPROXY" ./cmd/tapproxy) >"$WORK/tapproxy-build.log" 2>&1; then
+	# Built as the packages build it (static, CGO_ENABLED=0 -trimpath; they
+	# also strip symbols, which changes no figure here): a cgo build maps
+	# libc and ld.so as well, 2 MiB more peak RSS (bench/RESULTS.md).
+	if ! (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$TAPPROXY" ./cmd/tapproxy) >"$WORK/tapproxy-build.log" 2>&1; then
 		TAPPROXY_NA="go build ./cmd/tapproxy failed: $(head -c 200 "$WORK/tapproxy-build.log" | tr '\n' ' ')"
 	fi
 elif [ ! -x "$TAPPROXY" ]; then
@@ -497,7 +500,8 @@ versions() {
 	command -v fstrm_capture >/dev/null && echo "- fstrm_capture: $(dpkg-query -W -f '${Version}' fstrm-bin 2>/dev/null || echo unknown)"
 	echo "- go: $(go version 2>/dev/null || echo none)"
 	if [ -z "$TAPPROXY_NA" ]; then
-		echo "- tapproxy: $("$TAPPROXY" version 2>&1 | head -n 1) ($TAPPROXY)"
+		echo "- tapproxy: $("$TAPPROXY" version 2>&1 | head -n 1) ($TAPPROXY; $(go version -m "$TAPPROXY" 2>/dev/null |
+			awk '$1 == "build" && ($2 ~ /^CGO_ENABLED=/ || $2 ~ /^-trimpath=/ || $2 ~ /^-ldflags=/) {printf "%s%s", s, $2; s = " "}'))"
 	else
 		echo "- tapproxy: not available ($TAPPROXY_NA)"
 	fi
@@ -540,6 +544,41 @@ table() {
 	done
 }
 
+# round_ratios A B COL: COL of A / COL of B in each round where both ran,
+# then the median of those ratios ("-" when no round has both). Both
+# contestants of a round ran minutes apart at most, so on a machine whose
+# speed drifts between rounds a ratio per round is steadier than a ratio of
+# medians taken over different rounds.
+round_ratios() {
+	awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
+	$3 == "OK" && $c != "-" { if ($2 == a) va[$1] = $c; if ($2 == b) vb[$1] = $c; if ($1 > m) m = $1 }
+	END {
+		n = 0
+		for (r = 1; r <= m; r++) if ((r in va) && (r in vb) && vb[r] > 0) {
+			x[++n] = va[r] / vb[r]
+			s = s (n > 1 ? ", " : "") sprintf("%.2f", x[n])
+		}
+		if (n == 0) { print "-"; exit }
+		for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+		med = (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+		printf "%s (median %.2f)\n", s, med
+	}' "$WORK/rows.tsv"
+}
+
+# ratio_lines: the per-round ratios behind the targets, for the pairs that ran.
+ratio_lines() {
+	local line
+	line=$(round_ratios tapproxy-dnstap direct 4)
+	[ "$line" != - ] && echo "- max qps, tapproxy-dnstap / direct, per round: $line"
+	line=$(round_ratios tapproxy-dnstap dnsdist-dnstap 5)
+	[ "$line" != - ] && echo "- queries per proxy CPU-s, tapproxy-dnstap / dnsdist-dnstap, per round: $line"
+	line=$(round_ratios tapproxy-dnstap dnsdist-dnstap 6)
+	[ "$line" != - ] && echo "- CPU µs/query @${RATE} qps, tapproxy-dnstap / dnsdist-dnstap, per round: $line"
+	line=$(round_ratios tapproxy dnsdist 6)
+	[ "$line" != - ] && echo "- CPU µs/query @${RATE} qps, tapproxy / dnsdist, per round: $line"
+	return 0
+}
+
 report() {
 	echo "## tapproxy benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo
@@ -553,6 +592,10 @@ report() {
 	echo
 	table
 	echo
+	if [ -n "$(ratio_lines)" ]; then
+		ratio_lines
+		echo
+	fi
 	echo "Columns: max qps from the unlimited run; CPU busy at max = share of each CPU not idle in the middle of that run (CPU $LOAD_CPU = load, CPU $PROXY_CPU = proxy; near 100 on the load CPU means the load side, not the proxy, set the max); queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (a fresh process: every proxy, and for direct the responder, is restarted between the two runs) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
 	echo
 	echo "<details><summary>per-round rows</summary>"

@@ -67,7 +67,7 @@ s=socket.socket(); s.bind(("127.0.0.1",0)); u=socket.socket(socket.AF_INET,socke
 p=s.getsockname()[1]; u.bind(("127.0.0.1",p)); print(p)'; }
 
 log "building tapproxy into $WORK"
-(cd "$ROOT" && go build -o "$WORK/tapproxy" ./cmd/tapproxy) || die "build failed"
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$WORK/tapproxy" ./cmd/tapproxy) || die "build failed"
 
 # --- upstream: unbound with a local zone -----------------------------------
 UP_PORT=$(freeport)
