@@ -65,13 +65,15 @@ const (
 	DefaultMaxInflight        = 4096
 	DefaultSocketsPerUpstream = 4
 	// DefaultPortRotation: a new source port every 256 queries per
-	// socket. A rotation is 13 syscalls (socket, setsockopt ×3,
-	// getsockopt ×2, bind, connect, getsockname, getpeername, epoll_ctl
+	// socket. A rotation is about 15 syscalls (socket, setsockopt ×3,
+	// getsockopt ×4, bind, connect, getsockname, getpeername, epoll_ctl
 	// ×2, close), about 45 µs on a small VM (BenchmarkRotationSocket),
-	// and 33 allocations (TestSteadyStateNoAllocs in internal/server). At
-	// 256 that is 0.18 µs and 0.13 allocations per query, under 1 % of
-	// the proxy's ~23 µs of CPU per query (bench/RESULTS.md); at 64 it
-	// would be 3 % and half an allocation per query. Blind spoofing odds
+	// and 33 allocations (TestSteadyStateNoAllocs in internal/server):
+	// 0.18 µs and 0.13 allocations per query at 256. The whole cost is
+	// larger: at 20 000 qps on one CPU, rotation at 256 took 7 % of the
+	// proxy's CPU, most of it the runtime's sysmon thread, which the net
+	// package's blocking-style syscalls wake and which then polls every
+	// 20 µs for a while (bench/RESULTS.md, session 5). Blind spoofing odds
 	// depend on how many ports are open, not on this; it bounds how many
 	// queries a port that was learned or scanned for stays useful.
 	DefaultPortRotation = 256
