@@ -500,8 +500,10 @@ versions() {
 	command -v fstrm_capture >/dev/null && echo "- fstrm_capture: $(dpkg-query -W -f '${Version}' fstrm-bin 2>/dev/null || echo unknown)"
 	echo "- go: $(go version 2>/dev/null || echo none)"
 	if [ -z "$TAPPROXY_NA" ]; then
-		echo "- tapproxy: $("$TAPPROXY" version 2>&1 | head -n 1) ($TAPPROXY; $(go version -m "$TAPPROXY" 2>/dev/null |
-			awk '$1 == "build" && ($2 ~ /^CGO_ENABLED=/ || $2 ~ /^-trimpath=/ || $2 ~ /^-ldflags=/) {printf "%s%s", s, $2; s = " "}'))"
+		local build
+		build=$(go version -m "$TAPPROXY" 2>/dev/null |
+			awk '$1 == "build" && ($2 ~ /^CGO_ENABLED=/ || $2 ~ /^-trimpath=/ || $2 ~ /^-ldflags=/) {printf "%s%s", s, $2; s = " "}' || true)
+		echo "- tapproxy: $("$TAPPROXY" version 2>&1 | head -n 1) ($TAPPROXY; ${build:-build settings unknown})"
 	else
 		echo "- tapproxy: not available ($TAPPROXY_NA)"
 	fi
