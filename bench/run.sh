@@ -510,13 +510,17 @@ versions() {
 	echo "- git: $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
 }
 
+# median_stdin: the median of the numbers on stdin, one per line ("-" if none).
+median_stdin() {
+	sort -g | awk '{v[NR] = $1} END {
+		if (NR == 0) { print "-"; exit }
+		if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+	}'
+}
+
 # median over rounds of column COL for contestant NAME ("-" if none).
 median() {
-	awk -F'\t' -v n="$1" -v c="$2" '$2 == n && $3 == "OK" && $c != "-" {print $c}' "$WORK/rows.tsv" |
-		sort -g | awk '{v[NR] = $1} END {
-			if (NR == 0) { print "-"; exit }
-			if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-		}'
+	awk -F'\t' -v n="$1" -v c="$2" '$2 == n && $3 == "OK" && $c != "-" {print $c}' "$WORK/rows.tsv" | median_stdin
 }
 
 table() {
@@ -552,19 +556,15 @@ table() {
 # speed drifts between rounds a ratio per round is steadier than a ratio of
 # medians taken over different rounds.
 round_ratios() {
-	awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
+	local r
+	r=$(awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
 	$3 == "OK" && $c != "-" { if ($2 == a) va[$1] = $c; if ($2 == b) vb[$1] = $c; if ($1 > m) m = $1 }
-	END {
-		n = 0
-		for (r = 1; r <= m; r++) if ((r in va) && (r in vb) && vb[r] > 0) {
-			x[++n] = va[r] / vb[r]
-			s = s (n > 1 ? ", " : "") sprintf("%.2f", x[n])
-		}
-		if (n == 0) { print "-"; exit }
-		for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
-		med = (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
-		printf "%s (median %.2f)\n", s, med
-	}' "$WORK/rows.tsv"
+	END { for (r = 1; r <= m; r++) if ((r in va) && (r in vb) && vb[r] > 0) printf "%.4f\n", va[r] / vb[r] }' "$WORK/rows.tsv")
+	if [ -z "$r" ]; then
+		echo -
+		return
+	fi
+	printf '%s (median %.2f)\n' "$(awk '{printf "%s%.2f", (NR > 1 ? ", " : ""), $1}' <<<"$r")" "$(median_stdin <<<"$r")"
 }
 
 # ratio_lines: the per-round ratios behind the targets, for the pairs that ran.
@@ -594,8 +594,10 @@ report() {
 	echo
 	table
 	echo
-	if [ -n "$(ratio_lines)" ]; then
-		ratio_lines
+	local ratios
+	ratios=$(ratio_lines)
+	if [ -n "$ratios" ]; then
+		echo "$ratios"
 		echo
 	fi
 	echo "Columns: max qps from the unlimited run; CPU busy at max = share of each CPU not idle in the middle of that run (CPU $LOAD_CPU = load, CPU $PROXY_CPU = proxy; near 100 on the load CPU means the load side, not the proxy, set the max); queries per proxy CPU-second = answered queries / (utime+stime) of the proxy in that run; CPU µs/query and latency from the -Q $RATE run; peak RSS = VmHWM of the -Q $RATE run (a fresh process: every proxy, and for direct the responder, is restarted between the two runs) / of the unlimited run; dnstap msgs/answer = messages in the collector's file / answered queries (2.000 = every query and response logged); lost = dnsperf \"Queries lost\"."
